@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test attack install install-test clean
+
+$(BIN)/aml: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test-installed: $(BIN)/aml
+	$(PIP) -e '.[test]'
+	touch $@
+
+install: $(BIN)/aml
+install-test: $(VENV)/.test-installed
+
+demo: install
+	$(BIN)/aml demo
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo_out

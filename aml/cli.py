@@ -1,0 +1,240 @@
+"""The `aml` command: thin dispatch only.
+
+Each sub-command parses its options here and calls one function in the module that does the
+work. Modules are imported lazily so bank-side commands (keygen, seal, open) never import
+Prefect, which costs seconds and is not needed there.
+
+On failure: one line on stderr (what failed and why, never transaction data) and the error's
+exit code: 2 bad input, 3 verification failed, 4 internal error, 1 other run failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from aml.errors import AmlError
+
+PROG = "aml"
+
+
+def _cmd_synth(a: argparse.Namespace) -> int:
+    from aml.synth import write_synthetic
+
+    summary = write_synthetic(
+        Path(a.out), banks=a.banks, accounts=a.accounts, days=a.days, seed=a.seed
+    )
+    print(f"wrote {summary['transactions']} transactions and {summary['patterns']} pattern rows to {a.out}")
+    return 0
+
+
+def _cmd_split(a: argparse.Namespace) -> int:
+    from aml.split import split_file
+
+    counts = split_file(
+        Path(a.file), Path(a.out), members=a.members,
+        members_file=Path(a.members_file) if a.members_file else None, fmt=a.format,
+    )
+    for bank, rows in counts.items():
+        print(f"{bank}\t{rows}")
+    return 0
+
+
+def _cmd_keygen(a: argparse.Namespace) -> int:
+    from aml.bank.keygen import keygen
+
+    key_path, pub_path = keygen(a.bank, Path(a.out))
+    print(f"wrote {key_path} (private, mode 0600) and {pub_path}")
+    return 0
+
+
+def _cmd_enclave_init(a: argparse.Namespace) -> int:
+    from aml.enclave.identity import init_enclave
+
+    info = init_enclave(Path(a.dir), Path(a.members))
+    for k, v in info.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _cmd_enclave_measure(a: argparse.Namespace) -> int:
+    from aml.enclave.measure import measure_tree
+
+    print(measure_tree(Path(a.dir)))
+    return 0
+
+
+def _cmd_enclave_contract(a: argparse.Namespace) -> int:
+    from aml.enclave.contract import contract_command
+
+    return contract_command(a)
+
+
+def _cmd_seal(a: argparse.Namespace) -> int:
+    from aml.bank.seal import seal
+
+    out = seal(
+        bank=a.bank, key=Path(a.key), attestation=Path(a.attestation), file=Path(a.file),
+        inbox=Path(a.out), policy=Path(a.policy) if a.policy else None,
+        sequence=a.sequence, expires_hours=a.expires_hours,
+    )
+    print(f"sealed {out}")
+    return 0
+
+
+def _cmd_open(a: argparse.Namespace) -> int:
+    from aml.bank.open import open_alerts
+
+    n = open_alerts(
+        bank=a.bank, key=Path(a.key), attestation=Path(a.attestation),
+        sealed=[Path(p) for p in a.sealed], out=Path(a.out),
+        policy=Path(a.policy) if a.policy else None, show=a.show,
+    )
+    print(f"wrote {n} alerts to {a.out}")
+    return 0
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from aml.run import run_consortium
+
+    summary = run_consortium(Path(a.enclave), Path(a.inbox), Path(a.outbox))
+    print(summary)
+    return 0
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from aml.run import serve
+
+    return serve(Path(a.enclave), Path(a.inbox), Path(a.outbox), cron=a.cron, name=a.name)
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from aml.demo import run_demo
+
+    return run_demo(Path(a.workdir) if a.workdir else None)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from aml.evaluate import evaluate_command
+
+    return evaluate_command(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="enclave-aml: cross-bank AML in an enclave")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate a labelled multi-bank data set")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--banks", type=int, default=8)
+    s.add_argument("--accounts", type=int, default=10_000)
+    s.add_argument("--days", type=int, default=60)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("split", help="one batch file per member bank")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--out", required=True, metavar="DIR")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--members", type=int, default=8, metavar="N")
+    g.add_argument("--members-file", metavar="F")
+    s.add_argument("--format", choices=["canonical", "ibm"], default=None,
+                   help="input format (default: detected from the header)")
+    s.set_defaults(func=_cmd_split)
+
+    s = sub.add_parser("keygen", help="create a bank's key pairs")
+    s.add_argument("--bank", required=True, metavar="ID")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.set_defaults(func=_cmd_keygen)
+
+    e = sub.add_parser("enclave", help="enclave identity and measurement")
+    esub = e.add_subparsers(dest="enclave_command", required=True, metavar="COMMAND")
+    s = esub.add_parser("init", help="start the enclave identity for the member banks")
+    s.add_argument("--dir", required=True, metavar="ENCLAVE_DIR")
+    s.add_argument("--members", required=True, metavar="KEYDIR")
+    s.set_defaults(func=_cmd_enclave_init)
+    s = esub.add_parser("measure", help="print the enclave measurement of a project tree")
+    s.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    s.set_defaults(func=_cmd_enclave_measure)
+    s = esub.add_parser("contract", help="build the encrypted, signed Hyper Protect contract")
+    s.add_argument("--template", required=True)
+    s.add_argument("--encryption-cert", required=True)
+    s.add_argument("--signing-key", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_enclave_contract)
+
+    s = sub.add_parser("seal", help="seal a transaction batch to the attested enclave")
+    s.add_argument("--bank", required=True, metavar="ID")
+    s.add_argument("--key", required=True, metavar="KEYDIR/ID.key")
+    s.add_argument("--attestation", required=True, metavar="ATT")
+    s.add_argument("--policy", default=None,
+                   help="the bank's pinned policy (default: policy.json beside ATT)")
+    s.add_argument("--sequence", type=int, default=None,
+                   help="per-bank sequence number (default: last used + 1, kept beside the key)")
+    s.add_argument("--expires-hours", type=float, default=72.0)
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--out", required=True, metavar="INBOX")
+    s.set_defaults(func=_cmd_seal)
+
+    s = sub.add_parser("run", help="run the consortium flow once on Prefect")
+    s.add_argument("--enclave", required=True, metavar="ENCLAVE_DIR")
+    s.add_argument("--inbox", required=True)
+    s.add_argument("--outbox", required=True)
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("serve", help="serve the consortium flow as a scheduled Prefect deployment")
+    s.add_argument("--enclave", required=True, metavar="ENCLAVE_DIR")
+    s.add_argument("--inbox", required=True)
+    s.add_argument("--outbox", required=True)
+    s.add_argument("--cron", default="0 2 * * *")
+    s.add_argument("--name", default="nightly")
+    s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("open", help="verify and decrypt sealed alert files")
+    s.add_argument("--bank", required=True, metavar="ID")
+    s.add_argument("--key", required=True, metavar="KEYDIR/ID.key")
+    s.add_argument("--attestation", required=True, metavar="ATT")
+    s.add_argument("--policy", default=None)
+    s.add_argument("--show", action="store_true", help="also print the alerts")
+    s.add_argument("sealed", nargs="+", metavar="SEALED")
+    s.add_argument("--out", required=True, metavar="ALERTS")
+    s.set_defaults(func=_cmd_open)
+
+    s = sub.add_parser("demo", help="the whole consortium on sample_data/, end to end")
+    s.add_argument("--workdir", default=None, help="where to put keys and files (default: demo_out/)")
+    s.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser("evaluate", help="score detection against labels, joint vs each bank alone")
+    s.add_argument("data", metavar="DATA", help="directory written by `aml synth` (or a transactions file)")
+    s.add_argument("--config", default=None, help="detection configuration TOML")
+    s.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    s.add_argument("--no-silo", action="store_true", help="skip the each-bank-alone runs")
+    s.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AmlError as exc:
+        print(f"{PROG}: {args.command}: {exc.code}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # unexpected: never echo its message, it may hold data
+        if os.environ.get("AML_DEBUG"):
+            raise
+        print(
+            f"{PROG}: {args.command}: internal error ({type(exc).__name__}); "
+            "rerun with AML_DEBUG=1 for a traceback",
+            file=sys.stderr,
+        )
+        return 4
+
+
+if __name__ == "__main__":
+    sys.exit(main())

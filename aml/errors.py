@@ -1,0 +1,112 @@
+"""The one exception hierarchy of enclave-aml.
+
+Every error carries a short machine-readable ``code`` and an ``exit_code`` the CLI uses.
+Messages say *what* failed and *why*; they must never contain transaction data (account ids,
+amounts, names), because exception text can travel into Prefect's database and logs.
+"""
+
+from __future__ import annotations
+
+
+class AmlError(Exception):
+    """Base class. ``code`` is stable and safe to log; the message is one line."""
+
+    code = "error"
+    exit_code = 1
+
+    def __init__(self, message: str, *, batch_id: str | None = None):
+        super().__init__(message)
+        self.batch_id = batch_id
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(super().__str__().split())
+
+
+# --- exit code 2: the input is wrong (file missing, malformed, wrong options) -------------
+class BadInputError(AmlError):
+    code = "bad_input"
+    exit_code = 2
+
+
+class SchemaError(BadInputError):
+    """A transaction file cannot be read as the canonical schema at all."""
+
+    code = "schema"
+
+
+class ConfigError(BadInputError):
+    code = "config"
+
+
+class KeyFileError(BadInputError):
+    """A key file is missing, malformed or has unsafe permissions."""
+
+    code = "key_file"
+
+
+# --- exit code 3: something failed verification (tampering, forgery, policy) --------------
+class VerificationError(AmlError):
+    code = "verification_failed"
+    exit_code = 3
+
+
+class FormatError(VerificationError):
+    """A sealed file is not a well-formed container (bad magic, version, lengths)."""
+
+    code = "format"
+
+
+class TamperedError(VerificationError):
+    """Authentication failed: header, wrapped key, a chunk, or the commitment was altered."""
+
+    code = "tampered"
+
+
+class TruncatedError(VerificationError):
+    code = "truncated"
+
+
+class TrailingDataError(VerificationError):
+    code = "trailing_data"
+
+
+class SignatureError(VerificationError):
+    """The signature is not from the claimed sender (forged, other bank, or altered)."""
+
+    code = "bad_signature"
+
+
+class WrongRecipientError(VerificationError):
+    code = "wrong_recipient"
+
+
+class ExpiredError(VerificationError):
+    code = "expired"
+
+
+class ReplayError(VerificationError):
+    """The batch was seen before, or its sequence number is not above the last accepted."""
+
+    code = "replay"
+
+
+class MembershipError(VerificationError):
+    code = "not_a_member"
+
+
+class AttestationError(VerificationError):
+    """The enclave's attestation does not verify or is outside the bank's pinned policy."""
+
+    code = "attestation"
+
+
+# --- exit code 4: our own fault ---------------------------------------------------------
+class InternalError(AmlError):
+    code = "internal"
+    exit_code = 4
+
+
+class EnclaveBoundaryError(InternalError):
+    """Raised when code tries to cross the enclave boundary in a way that could leak data."""
+
+    code = "boundary"
