@@ -39,6 +39,10 @@ def _cmd_split(a: argparse.Namespace) -> int:
     )
     for bank, rows in counts.items():
         print(f"{bank}\t{rows}")
+    quarantined = getattr(counts, "quarantined", 0)
+    if quarantined:  # a '#' line, so scripts reading "bank<TAB>rows" can skip it
+        reasons = ", ".join(f"{r} {k}" for r, k in counts.reasons.items())
+        print(f"# quarantined {quarantined} rows ({reasons}): {Path(a.out) / 'quarantine.parquet'}")
     return 0
 
 
@@ -53,7 +57,7 @@ def _cmd_keygen(a: argparse.Namespace) -> int:
 def _cmd_enclave_init(a: argparse.Namespace) -> int:
     from aml.enclave.identity import init_enclave
 
-    info = init_enclave(Path(a.dir), Path(a.members))
+    info = init_enclave(Path(a.dir), Path(a.members), force=a.force)
     for k, v in info.items():
         print(f"{k}: {v}")
     return 0
@@ -154,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = esub.add_parser("init", help="start the enclave identity for the member banks")
     s.add_argument("--dir", required=True, metavar="ENCLAVE_DIR")
     s.add_argument("--members", required=True, metavar="KEYDIR")
+    s.add_argument("--force", action="store_true",
+                   help="re-initialise an existing ENCLAVE_DIR (rotates every enclave key)")
     s.set_defaults(func=_cmd_enclave_init)
     s = esub.add_parser("measure", help="print the enclave measurement of a project tree")
     s.add_argument("dir", nargs="?", default=".", metavar="DIR")

@@ -110,3 +110,26 @@ class EnclaveBoundaryError(InternalError):
     """Raised when code tries to cross the enclave boundary in a way that could leak data."""
 
     code = "boundary"
+
+
+# --- added by the enclave runner / flow (aml/enclave/runner.py, flows/consortium.py) --------
+class EnclaveTaskError(InternalError):
+    """What crosses the enclave boundary in place of any exception raised inside it: the task's
+    name, the original error's code and the batch id, never the original message."""
+
+    code = "enclave_task"
+
+    def __init__(self, task: str, cause_code: str, batch_id: str | None = None):
+        where = f" on batch {batch_id}" if batch_id else ""
+        super().__init__(f"enclave task {task} failed{where}: {cause_code}", batch_id=batch_id)
+        self.task = task
+        self.cause_code = cause_code
+
+    def __reduce__(self):  # pickles as its three safe fields only
+        return (type(self), (self.task, self.cause_code, self.batch_id))
+
+
+class RunBusyError(AmlError):
+    """Another consortium run holds the enclave's run lock."""
+
+    code = "busy"

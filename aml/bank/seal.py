@@ -1,0 +1,118 @@
+"""`aml seal`: verify the enclave's attestation, then seal one transaction batch to it.
+
+Runs at the bank. Imports no Prefect. The order matters: nothing is encrypted to a key until
+the attestation behind that key has verified against the bank's pinned policy.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from aml.crypto.attestation import AttestedEnclave, verify_attestation
+from aml.crypto.container import ENCLAVE, Header, seal_bytes, table_to_parquet
+from aml.crypto.keys import BankKeyPair, PublicKeys, check_bank_id, load_keypair
+from aml.errors import BadInputError, KeyFileError, MembershipError
+
+
+def default_policy(attestation: Path) -> Path:
+    """policy.json beside the attestation (a bank should pin its own copy and pass --policy)."""
+    return Path(attestation).with_name("policy.json")
+
+
+def verified_enclave(attestation: Path, policy: Path | None) -> AttestedEnclave:
+    enclave = verify_attestation(Path(attestation), Path(policy) if policy else default_policy(attestation))
+    if enclave.simulated:
+        print("aml: WARNING: SIMULATED attestation - development only, not confidential", file=sys.stderr)
+    return enclave
+
+
+def load_member_key(bank: str, key: Path, enclave: AttestedEnclave) -> BankKeyPair:
+    """The bank's key pair, checked to be the one the attested membership lists for `bank`."""
+    check_bank_id(bank)
+    pair = load_keypair(Path(key))
+    if pair.bank not in (None, bank):
+        raise KeyFileError(f"key file '{key}' belongs to bank '{pair.bank}', not '{bank}'")
+    listed = enclave.members.get(bank)
+    if listed is None:
+        raise MembershipError(f"bank '{bank}' is not in the attested membership")
+    expected = PublicKeys.from_raw(bytes.fromhex(listed["x25519"]), bytes.fromhex(listed["ed25519"]))
+    if expected != pair.public:
+        raise MembershipError(
+            f"the attested membership lists key {expected.key_id} for '{bank}', but '{key}' holds {pair.key_id}"
+        )
+    return pair
+
+
+def _sequence_path(key: Path, bank: str) -> Path:
+    return Path(key).parent / f"{bank}.seq"
+
+
+def _last_sequence(path: Path) -> int:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    if not text.isdigit():
+        raise BadInputError(f"sequence file '{path}' does not hold a number")
+    return int(text)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_batch(file: Path, bank: str):
+    """The file's good rows (TRANSACTION_SCHEMA); quarantined rows are counted on stderr."""
+    from aml.schema import read_validated
+
+    result = read_validated(Path(file), bank_id=bank)
+    if result.counts:
+        detail = ", ".join(f"{reason}={n}" for reason, n in sorted(result.counts.items()))
+        print(f"aml: {sum(result.counts.values())} rows not sealed ({detail})", file=sys.stderr)
+        if result.good.num_rows == 0:
+            raise BadInputError("no valid rows to seal")
+    return result.good
+
+
+def seal(bank: str, key: Path, attestation: Path, file: Path, inbox: Path, policy: Path | None = None,
+         sequence: int | None = None, expires_hours: float = 72.0) -> Path:
+    """Seal FILE to the attested enclave as INBOX/<bank>-<sequence:08d>-<batch_id>.amlb."""
+    from aml.schema import SCHEMA_VERSION, TRANSACTION_SCHEMA
+
+    if not expires_hours > 0:
+        raise BadInputError("--expires-hours must be positive")
+    enclave = verified_enclave(attestation, policy)
+    pair = load_member_key(bank, key, enclave)
+    seq_path = _sequence_path(key, bank)
+    last = _last_sequence(seq_path)
+    if sequence is None:
+        sequence = last + 1
+    elif sequence < 1:
+        raise BadInputError("--sequence must be at least 1")
+
+    table = _read_batch(Path(file), bank)
+    enclave_keys = PublicKeys.from_raw(enclave.x25519_public, enclave.ed25519_public, ENCLAVE)
+    now = int(time.time())
+    header = Header(
+        kind="batch", sender=bank, recipient=ENCLAVE, batch_id=uuid.uuid4().hex, sequence=sequence,
+        created=now, expires=now + int(expires_hours * 3600), schema_version=SCHEMA_VERSION,
+        row_count=table.num_rows, recipient_key_id=enclave_keys.key_id, sender_key_id=pair.key_id,
+        provenance={},
+    )
+    sealed = seal_bytes(table_to_parquet(table, TRANSACTION_SCHEMA), header, enclave_keys, pair)
+    inbox = Path(inbox)
+    inbox.mkdir(parents=True, exist_ok=True)
+    out = inbox / f"{bank}-{sequence:08d}-{header.batch_id}.amlb"
+    _write_atomically(out, sealed)
+    if sequence > last:
+        _write_atomically(seq_path, f"{sequence}\n".encode())
+    return out

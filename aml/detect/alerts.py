@@ -1,0 +1,212 @@
+"""Cut pattern instances into per-bank alerts, scoped to what each bank may see.
+
+The privacy rule (non-negotiable): an alert for bank B lists only B's own accounts and only
+transactions B submitted itself. Everything else about the pattern is aggregate (total
+amount, number of institutions, hops, time window), and the explanation names foreign
+accounts only by placeholders keyed per alert, so two alerts cannot be linked through them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+
+from aml.detect.typologies.base import PatternInstance
+from aml.schema import ALERT_SCHEMA
+
+_PLACEHOLDER_HEX = 6
+
+
+def alert_id(pattern: str, txn_ids: list[str], bank: str) -> str:
+    """Stable id: same pattern, same transactions, same bank -> same id on every rerun."""
+    h = hashlib.sha256()
+    for part in (pattern, *sorted(txn_ids), bank):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:20]
+
+
+def empty_alert_table() -> pa.Table:
+    return ALERT_SCHEMA.empty_table()
+
+
+def format_amount(value: float, currency: str) -> str:
+    return f"{value:,.0f} {currency}"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{max(seconds / 60, 1):.0f} minutes"
+    if seconds < 2 * 86_400:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{seconds / 86_400:.1f} days"
+
+
+class _Namer:
+    """Names nodes for one alert: the bank's own accounts by id, all others by placeholder."""
+
+    def __init__(self, graph, bank: str, key: bytes):
+        self.graph, self.bank, self.key = graph, bank, key
+        self.foreign: dict[int, str] = {}
+
+    def __call__(self, node: int, own_prefix: str = "your account ") -> str:
+        if self.graph.node_bank[node] == self.bank:
+            return f"{own_prefix}{self.graph.node_account[node]}"
+        return self.placeholder(node)
+
+    def placeholder(self, node: int) -> str:
+        if node not in self.foreign:
+            digest = hmac.new(self.key, str(int(node)).encode(), hashlib.sha256).hexdigest()
+            name, n = f"ext-{digest[:_PLACEHOLDER_HEX]}", _PLACEHOLDER_HEX
+            while name in self.foreign.values():  # collision within one alert: lengthen
+                n += 2
+                name = f"ext-{digest[:n]}"
+            self.foreign[node] = name
+        return self.foreign[node]
+
+
+def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, key: bytes,
+             currency: str, amount: float, institutions: int, hops: int,
+             max_placeholders: int) -> str:
+    name = _Namer(graph, bank, key)
+    ev = inst.evidence
+    src, dst = graph.src[edges], graph.dst[edges]
+    nodes = np.unique(np.concatenate([src, dst]))
+    duration = format_duration(float(graph.t[edges].max() - graph.t[edges].min()))
+    amt = format_amount(amount, currency)
+    center = ev.get("center")
+    sink = ev.get("sink")
+    others = len(nodes) - (center is not None) - (sink is not None)
+    p = inst.pattern
+    if p == "fan_out":
+        core = (f"Funds of {amt} fanned out from {name(center)} to {others} accounts "
+                f"at {institutions} institutions within {duration}")
+    elif p == "fan_in":
+        core = (f"Funds of {amt} from {others} accounts at {institutions} institutions "
+                f"were gathered into {name(center)} within {duration}")
+    elif p == "scatter_gather":
+        core = (f"Funds of {amt} were scattered from {name(center)} through {others} "
+                f"intermediary accounts and gathered again into {name(sink)} "
+                f"at {institutions} institutions within {duration}")
+    elif p == "gather_scatter":
+        core = (f"Funds of {amt} from {ev.get('sources', '?')} accounts were gathered into "
+                f"{name(center)} and scattered to {ev.get('destinations', '?')} accounts "
+                f"at {institutions} institutions within {duration}")
+    elif p == "cycle":
+        core = (f"Funds of {amt} travelled around a cycle of {hops} payments through "
+                f"{len(nodes)} accounts at {institutions} institutions and returned to their "
+                f"origin within {duration}")
+    elif p == "bipartite":
+        core = (f"Funds of {amt} moved from {ev.get('sources', '?')} payers to "
+                f"{ev.get('destinations', '?')} payees in a dense many-to-many pattern "
+                f"at {institutions} institutions within {duration}")
+    elif p == "stack":
+        core = (f"Funds of {amt} moved through {ev.get('layers', hops + 1)} stacked layers of "
+                f"{len(nodes)} accounts at {institutions} institutions within {duration}")
+    elif p == "random_chain":
+        core = (f"Funds of {amt} were passed along a chain of {hops} payments through "
+                f"{len(nodes)} accounts at {institutions} institutions within {duration}, "
+                f"each account forwarding nearly all it received")
+    elif p == "structuring":
+        direction = "paid into" if ev.get("direction") == "in" else "paid out of"
+        core = (f"{len(edges)} payments just below the {ev.get('threshold', 10000):,.0f} "
+                f"{currency} reporting threshold, totalling {amt}, were {direction} "
+                f"{name(center)} involving {institutions} institutions within {duration}")
+    elif p == "pass_through":
+        core = (f"{name(center)[0].upper()}{name(center)[1:]} received "
+                f"{format_amount(ev.get('inflow', amount), currency)} and forwarded "
+                f"{100 * ev.get('forward_share', 1):.0f}% of it within {duration}")
+    elif p == "model":
+        core = (f"The pooled model scored {len(edges)} payment(s) totalling {amt} across "
+                f"{institutions} institutions as likely laundering (score {inst.score:.2f})")
+    else:
+        core = (f"Funds of {amt} moved through {len(nodes)} accounts at {institutions} "
+                f"institutions within {duration}")
+
+    own = [n for n in nodes if graph.node_bank[n] == bank and n not in (center, sink)]
+    foreign = [n for n in nodes if graph.node_bank[n] != bank]
+    tail = []
+    if own:
+        listed = ", ".join(str(graph.node_account[n]) for n in own[:max_placeholders])
+        more = f" and {len(own) - max_placeholders} more" if len(own) > max_placeholders else ""
+        tail.append(f"your accounts involved: {listed}{more}")
+    if foreign:
+        names = [name.placeholder(n) for n in foreign[:max_placeholders]]
+        more = "…" if len(foreign) > max_placeholders else ""
+        tail.append(f"{len(foreign)} of the accounts are at other banks "
+                    f"(shown as {', '.join(names)}{more})")
+    return core + ("; " + "; ".join(tail) if tail else "") + "."
+
+
+def cut_alerts(graph, instances: list[PatternInstance], banks: list[str], *,
+               currency: str = "USD", max_placeholders: int = 5,
+               placeholder_key: bytes | None = None) -> dict[str, pa.Table]:
+    """One ALERT_SCHEMA table per member bank (empty when it has none).
+
+    A bank gets an alert for an instance only if the instance contains a transaction the bank
+    submitted itself that touches one of its own accounts; the alert then lists those
+    transactions and those accounts, and nothing identifying about anyone else.
+    """
+    run_key = placeholder_key if placeholder_key is not None else secrets.token_bytes(32)
+    member = set(banks)
+    rows: dict[str, list[dict]] = defaultdict(list)
+    txn_id_col = graph.edges["txn_id"].to_numpy()
+    src_bank_col = graph.edges["src_bank"].to_numpy()
+    dst_bank_col = graph.edges["dst_bank"].to_numpy()
+    submitted_col = graph.edge_banks_submitted
+    for inst in instances:
+        e = np.asarray(inst.edge_idx, dtype=np.int64)
+        if len(e) == 0:
+            continue
+        all_txn = [str(x) for x in txn_id_col[e]]
+        pattern_banks = set(graph.node_bank[graph.src[e]]) | set(graph.node_bank[graph.dst[e]])
+        amount = float(inst.evidence.get("amount", graph.amount[e].sum()))
+        hops = int(inst.evidence.get("hops", 1))
+        start = int(graph.t[e].min())
+        end = int(graph.t[e].max())
+        for bank in sorted(pattern_banks & member):
+            own_e = [i for i in e
+                     if bank in submitted_col[i] and bank in (src_bank_col[i], dst_bank_col[i])]
+            if not own_e:
+                continue
+            own_e = np.asarray(own_e, dtype=np.int64)
+            own_nodes = np.unique(np.concatenate([graph.src[own_e], graph.dst[own_e]]))
+            accounts = sorted({str(graph.node_account[n]) for n in own_nodes
+                               if graph.node_bank[n] == bank})
+            if not accounts:
+                continue
+            aid = alert_id(inst.pattern, all_txn, bank)
+            key = hmac.new(run_key, aid.encode(), hashlib.sha256).digest()
+            rows[bank].append({
+                "alert_id": aid,
+                "bank": bank,
+                "pattern": inst.pattern,
+                "score": float(np.clip(inst.score, 0.0, 1.0)),
+                "accounts": accounts,
+                "txn_ids": sorted(str(x) for x in txn_id_col[own_e]),
+                "start": start * 1_000_000,
+                "end": end * 1_000_000,
+                "amount": amount,
+                "institutions": len(pattern_banks),
+                "hops": hops,
+                "explanation": _explain(graph, inst, e, bank, key, currency, amount,
+                                        len(pattern_banks), hops, max_placeholders),
+            })
+    return {bank: _to_table(rows.get(bank, [])) for bank in banks}
+
+
+def _to_table(rows: list[dict]) -> pa.Table:
+    if not rows:
+        return empty_alert_table()
+    rows = sorted(rows, key=lambda r: (-r["score"], r["start"], r["alert_id"]))
+    cols = {name: [r[name] for r in rows] for name in ALERT_SCHEMA.names}
+    arrays = [pa.array(cols[f.name], type=f.type if not pa.types.is_timestamp(f.type)
+                       else pa.int64()) for f in ALERT_SCHEMA]
+    arrays = [a.cast(f.type) if pa.types.is_timestamp(f.type) else a
+              for a, f in zip(arrays, ALERT_SCHEMA)]
+    return pa.Table.from_arrays(arrays, schema=ALERT_SCHEMA)

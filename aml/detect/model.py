@@ -1,0 +1,217 @@
+"""The pooled model: one classifier trained on every member bank's labelled history.
+
+`PooledModel` is a scikit-learn estimator around `HistGradientBoostingClassifier`:
+
+* training rows are assumed to be in time order (graph edges are); the last
+  ``validation_fraction`` of them is held out to choose the decision threshold that maximises
+  F1 of the laundering class, then the booster is refit on all rows with that threshold kept;
+* with too few labels (fewer than ``min_positives`` laundering rows, or one class only) it falls
+  back to an unsupervised `IsolationForest` anomaly score scaled to 0..1, and the threshold is
+  the ``unsupervised_quantile`` of the training scores (so roughly that share of rows alerts).
+
+`predict_proba` returns *calibrated* scores: a monotone piecewise-linear map that sends the
+chosen threshold to 0.5, so "score >= 0.5" means "alert" whatever the model or mode.
+`score_transactions` is the hook the detection pipeline calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+import numpy as np
+import sklearn
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+from sklearn.metrics import precision_recall_curve
+from sklearn.utils.validation import check_is_fitted
+
+from aml.detect.features import FEATURE_NAMES, transaction_features
+
+MODEL_VERSION = "pooled-hgb-1"
+
+# Defaults for the `[model]` section of the detection config; every key is optional there.
+MODEL_DEFAULTS = {
+    "learning_rate": 0.1,
+    "max_iter": 100,
+    "max_leaf_nodes": 31,
+    "min_samples_leaf": 20,
+    "l2_regularization": 0.0,
+    "validation_fraction": 0.2,
+    "min_positives": 20,
+    "unsupervised_quantile": 0.999,
+    "max_train_negatives": 250_000,
+    "random_state": 0,
+}
+
+
+class PooledModel(ClassifierMixin, BaseEstimator):
+    """Gradient-boosted trees on transaction features with an F1-optimal threshold."""
+
+    def __init__(self, learning_rate=0.1, max_iter=100, max_leaf_nodes=31, min_samples_leaf=20,
+                 l2_regularization=0.0, validation_fraction=0.2, min_positives=20,
+                 unsupervised_quantile=0.999, max_train_negatives=250_000, random_state=0):
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.l2_regularization = l2_regularization
+        self.validation_fraction = validation_fraction
+        self.min_positives = min_positives
+        self.unsupervised_quantile = unsupervised_quantile
+        self.max_train_negatives = max_train_negatives
+        self.random_state = random_state
+
+    def _booster(self) -> HistGradientBoostingClassifier:
+        # Balanced class weights: laundering is ~1 row in 1,000. No early stopping, so the
+        # refit on all rows runs the same iterations and results are reproducible.
+        return HistGradientBoostingClassifier(
+            learning_rate=self.learning_rate, max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes, min_samples_leaf=self.min_samples_leaf,
+            l2_regularization=self.l2_regularization, class_weight="balanced",
+            early_stopping=False, random_state=self.random_state,
+        )
+
+    def fit(self, X, y=None):
+        X = np.asarray(X, dtype=np.float64)
+        y = None if y is None else np.asarray(y, dtype=np.float64)
+        self.n_features_in_ = X.shape[1]
+        self.classes_ = np.array([0, 1])
+        known = np.zeros(len(X), bool) if y is None else ~np.isnan(y)
+        yk = (y[known] if y is not None else np.zeros(0)).astype(int)
+        n_pos = int(yk.sum())
+        if n_pos < self.min_positives or n_pos == len(yk):
+            return self._fit_unsupervised(X)
+        Xk = X[known]
+        self.mode_ = "supervised"
+        self.threshold_ = self._choose_threshold(Xk, yk)
+        keep = self._training_rows(yk)
+        self.estimator_ = self._booster().fit(Xk[keep], yk[keep])
+        return self
+
+    def _training_rows(self, y) -> np.ndarray:
+        """All laundering rows and at most `max_train_negatives` clean ones (a fixed-seed
+        sample, in time order). Balanced class weights make the sampling rate irrelevant to
+        the loss; it only bounds training time on large histories."""
+        neg = np.flatnonzero(y == 0)
+        if self.max_train_negatives is None or len(neg) <= self.max_train_negatives:
+            return np.arange(len(y))
+        rng = np.random.default_rng(self.random_state)
+        neg = rng.choice(neg, size=int(self.max_train_negatives), replace=False)
+        return np.sort(np.concatenate([np.flatnonzero(y == 1), neg]))
+
+    def _choose_threshold(self, X, y) -> float:
+        """F1-optimal threshold on the latest slice of the (time-ordered) labelled rows."""
+        cut = int(len(y) * (1.0 - self.validation_fraction))
+        if y[:cut].sum() < 1 or y[cut:].sum() < 1 or len(np.unique(y[:cut])) < 2:
+            return 0.5
+        keep = self._training_rows(y[:cut])
+        p = self._booster().fit(X[:cut][keep], y[:cut][keep]).predict_proba(X[cut:])[:, 1]
+        precision, recall, thresholds = precision_recall_curve(y[cut:], p)
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
+        return float(np.clip(thresholds[best], 1e-6, 1 - 1e-6)) if len(thresholds) else 0.5
+
+    def _fit_unsupervised(self, X):
+        self.mode_ = "unsupervised"
+        self.estimator_ = IsolationForest(n_estimators=100, random_state=self.random_state).fit(X)
+        raw = -self.estimator_.score_samples(X)
+        self.raw_range_ = (float(raw.min()), float(raw.max()))
+        scaled = self._scale_raw(raw)
+        self.threshold_ = float(np.clip(np.quantile(scaled, self.unsupervised_quantile), 1e-6, 1 - 1e-6))
+        return self
+
+    def _scale_raw(self, raw):
+        lo, hi = self.raw_range_
+        return np.clip((raw - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+
+    def raw_score(self, X) -> np.ndarray:
+        """Uncalibrated score in 0..1 (probability or scaled anomaly score)."""
+        check_is_fitted(self, "estimator_")
+        X = np.asarray(X, dtype=np.float64)
+        if self.mode_ == "supervised":
+            return self.estimator_.predict_proba(X)[:, 1]
+        return self._scale_raw(-self.estimator_.score_samples(X))
+
+    def decision_function(self, X) -> np.ndarray:
+        """Calibrated score: the threshold maps to 0.5, monotone, in 0..1."""
+        return calibrate(self.raw_score(X), self.threshold_, 0.5)
+
+    def predict_proba(self, X) -> np.ndarray:
+        p = self.decision_function(X)
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X) -> np.ndarray:
+        return (self.decision_function(X) >= 0.5).astype(int)
+
+
+def model_params(config=None) -> dict:
+    """The `[model]` section of the detection config over the defaults."""
+    params = dict(MODEL_DEFAULTS)
+    section = _config_section(config, "model")
+    params.update({k: section[k] for k in MODEL_DEFAULTS if k in section})
+    return params
+
+
+def _config_section(config, name: str) -> dict:
+    """A TOML table from a DetectionConfig (``.section(name)``) or a plain dict; {} when absent."""
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        value = config.get(name)
+    elif hasattr(config, "section"):
+        value = config.section(name)
+    else:
+        value = getattr(config, name, None)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def model_hash(model: PooledModel | None = None, config=None) -> str:
+    """sha256 over what determines the model: version, feature list, params, library versions."""
+    params = model.get_params() if model is not None else model_params(config)
+    blob = json.dumps({
+        "model_version": MODEL_VERSION,
+        "features": FEATURE_NAMES,
+        "params": params,
+        "sklearn": sklearn.__version__,
+        "numpy": np.__version__,
+        "config": getattr(config, "hash", None),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def calibrate(raw: np.ndarray, threshold: float, target: float = 0.5) -> np.ndarray:
+    """Monotone piecewise-linear map of 0..1 scores sending `threshold` to `target`."""
+    thr = float(np.clip(threshold, 1e-6, 1 - 1e-6))
+    target = float(np.clip(target, 1e-6, 1 - 1e-6))
+    raw = np.asarray(raw, dtype=np.float64)
+    low = target * raw / thr
+    high = target + (1.0 - target) * (raw - thr) / (1.0 - thr)
+    return np.where(raw < thr, low, high).clip(0.0, 1.0)
+
+
+def score_transactions(graph, instances, config) -> tuple[np.ndarray, str]:
+    """Train on the graph's labelled edges (history), score every edge.
+
+    Returns (score per edge in [0, 1], model hash). Scores are calibrated so that the model's
+    F1-optimal threshold lands exactly on `[model] threshold` of the config (the cut-off the
+    pipeline applies; 0.5 when absent): "score >= that threshold" is the model's own decision.
+
+    Typology instances feed the pattern_* features only when `[model] use_pattern_features`
+    is true: the model is trained on history edges, so the instances must cover history as
+    well as new edges, or the features mean different things at training and scoring time.
+    """
+    n = len(graph.edges)
+    params = model_params(config)
+    model = PooledModel(**params)
+    digest = model_hash(model, config)
+    if n == 0:
+        return np.zeros(0), digest
+    section = _config_section(config, "model")
+    use_patterns = bool(section.get("use_pattern_features", False))
+    X = transaction_features(graph, instances if use_patterns else None, config).to_numpy(np.float64)
+    y = graph.edges["label"].to_numpy(np.float64)
+    model.fit(X, y)
+    target = float(section.get("threshold", 0.5))
+    return calibrate(model.raw_score(X), model.threshold_, target), digest

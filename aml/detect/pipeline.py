@@ -1,0 +1,139 @@
+"""Detection entry point: graph -> typology detectors -> pooled model -> per-bank alerts."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from aml.detect.alerts import cut_alerts, empty_alert_table
+from aml.detect.config import DetectionConfig
+from aml.detect.graph import TransactionGraph
+from aml.detect.typologies import build_detectors
+from aml.detect.typologies.base import PatternInstance, merge_overlapping
+
+NO_MODEL = "none"
+
+
+@dataclass
+class DetectionResult:
+    """What one detection run produced. Only `alerts_for(bank)` output may leave the enclave
+    (sealed to that bank); `counts` and the hashes are safe to log."""
+
+    banks: list[str]
+    counts: dict[str, int]
+    instances: list[PatternInstance]
+    model_hash: str
+    config_hash: str
+    graph: TransactionGraph | None = field(default=None, repr=False)
+    edge_scores: np.ndarray | None = field(default=None, repr=False)
+    _alerts: dict[str, pa.Table] = field(default_factory=dict, repr=False)
+
+    def alerts_for(self, bank: str) -> pa.Table:
+        return self._alerts.get(bank, empty_alert_table())
+
+    def flagged_txn_ids(self, pattern: str | None = None) -> set[str]:
+        """txn_ids of every alerted instance (all banks), optionally of one pattern only."""
+        if self.graph is None:
+            return set()
+        txn = self.graph.edges["txn_id"].to_numpy()
+        return {str(x) for i in self.instances if pattern in (None, i.pattern)
+                for x in txn[i.edge_idx]}
+
+
+def _banks(table: pa.Table, members: list[str] | None) -> list[str]:
+    if members is not None:
+        return sorted(set(members))
+    if "submitted_by" in table.column_names:
+        import pyarrow.compute as pc
+        return sorted(b for b in pc.unique(pc.list_flatten(table.column("submitted_by"))).to_pylist()
+                      if b is not None)
+    import pyarrow.compute as pc
+    seen = set(pc.unique(table.column("src_bank")).to_pylist()) | \
+        set(pc.unique(table.column("dst_bank")).to_pylist())
+    return sorted(seen)
+
+
+def _score_with_model(graph, instances, config):
+    """Call aml.detect.model.score_transactions if that module is present (it is optional)."""
+    try:
+        model = importlib.import_module("aml.detect.model")
+    except ImportError:
+        return None, NO_MODEL
+    score = getattr(model, "score_transactions", None)
+    if score is None:
+        return None, NO_MODEL
+    scores, model_hash = score(graph, instances, config)
+    return np.asarray(scores, dtype=np.float64), str(model_hash)
+
+
+def model_instances(graph, scores: np.ndarray, covered: np.ndarray, threshold: float
+                    ) -> list[PatternInstance]:
+    """Model-only alerts: new edges scoring >= threshold that no typology alert covers, grouped
+    into connected pieces (through non-hub accounts) so one analyst case is one alert."""
+    flagged = np.flatnonzero(graph.is_new & (scores >= threshold) & ~covered)
+    if len(flagged) == 0:
+        return []
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    # Hubs would glue unrelated payments together: give each hub endpoint its own dummy node.
+    src, dst = graph.src[flagged].astype(np.int64), graph.dst[flagged].astype(np.int64)
+    n = graph.n_nodes
+    dummy = n + np.arange(len(flagged))
+    src = np.where(graph.is_hub[src], dummy, src)
+    dst = np.where(graph.is_hub[dst], dummy + len(flagged), dst)
+    size = n + 2 * len(flagged)
+    m = coo_matrix((np.ones(len(flagged)), (src, dst)), shape=(size, size))
+    _, comp = connected_components(m, directed=False)
+    edge_comp = comp[src]
+    out = []
+    for c in np.unique(edge_comp):
+        e = flagged[edge_comp == c]
+        out.append(PatternInstance("model", e, float(scores[e].max()),
+                                   {"hops": 1, "model_edges": len(e)}))
+    return out
+
+
+def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
+                  members: list[str] | None = None,
+                  placeholder_key: bytes | None = None) -> DetectionResult:
+    """Detect typologies (and model-scored payments) over the merged batches of all members.
+
+    `merged` has TRANSACTION_SCHEMA columns, optionally `is_new` and `submitted_by` (see
+    TransactionGraph.from_table). `members` defaults to the banks in `submitted_by`, or to
+    every bank seen. `placeholder_key` fixes the anonymised placeholders (tests only).
+    """
+    config = config or DetectionConfig.load()
+    banks = _banks(merged, members)
+    graph = TransactionGraph.from_table(merged, config, members=banks)
+    alert_cfg = config.section("alerts")
+    require_new = bool(alert_cfg.get("require_new_edge", True))
+
+    instances: list[PatternInstance] = []
+    for detector in build_detectors(config):
+        found = merge_overlapping(detector.fit(graph).detect(graph))
+        if require_new:
+            found = [i for i in found if graph.is_new[i.edge_idx].any()]
+        instances.extend(found)
+
+    scores, model_hash = _score_with_model(graph, instances, config) if len(graph) else (None, NO_MODEL)
+    if scores is not None:
+        covered = np.zeros(len(graph), dtype=bool)
+        for inst in instances:
+            covered[inst.edge_idx] = True
+        threshold = float(config.model.get("threshold", 0.8))
+        instances.extend(model_instances(graph, scores, covered, threshold))
+
+    alerts = cut_alerts(graph, instances, banks, currency=config.base_currency,
+                        max_placeholders=int(alert_cfg.get("max_placeholders", 5)),
+                        placeholder_key=placeholder_key)
+    counts: dict[str, int] = {}
+    for table in alerts.values():
+        for p in table.column("pattern").to_pylist():
+            counts[p] = counts.get(p, 0) + 1
+    return DetectionResult(banks=banks, counts=counts, instances=instances,
+                           model_hash=model_hash, config_hash=config.hash, graph=graph,
+                           edge_scores=scores, _alerts=alerts)

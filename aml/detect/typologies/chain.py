@@ -1,0 +1,189 @@
+"""Random chains (multi-hop layering) and pass-through accounts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from aml.detect.typologies.base import HOUR, PatternInstance, TypologyDetector, window_buckets
+
+MAX_LINKS_PER_EDGE = 20  # successors examined per incoming payment (bounds hubs' cost)
+
+
+def forward_links(graph, max_dwell_s: int, min_ratio: float, max_ratio: float,
+                  min_amount: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (e, f): payment e into account v, then payment f out of v within max_dwell_s,
+    to someone other than e's payer, carrying min_ratio..max_ratio of e's amount.
+
+    Vectorised: one sort of out-edges by (account, time); each incoming payment finds its
+    successors' index range with searchsorted, expanded with np.repeat.
+    """
+    sig = (graph.amount >= min_amount) & ~graph.is_hub[graph.src]
+    e_in = np.flatnonzero(sig & ~graph.is_hub[graph.dst])
+    f_out = np.flatnonzero(graph.amount >= min_amount * min_ratio)
+    if len(e_in) == 0 or len(f_out) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    t0 = graph.t.min()
+    key = (graph.src[f_out].astype(np.int64) << 34) | (graph.t[f_out] - t0)
+    order = np.argsort(key, kind="stable")
+    key, f_out = key[order], f_out[order]
+    base = (graph.dst[e_in].astype(np.int64) << 34) | (graph.t[e_in] - t0)
+    lo = np.searchsorted(key, base + 1, "left")
+    hi = np.searchsorted(key, base + max_dwell_s, "right")
+    n = np.minimum(hi - lo, MAX_LINKS_PER_EDGE)
+    e = np.repeat(e_in, n)
+    start = np.repeat(lo, n)
+    offset = np.arange(len(e)) - np.repeat(np.cumsum(n) - n, n)
+    f = f_out[start + offset]
+    ratio = graph.amount[f] / graph.amount[e]
+    ok = (ratio >= min_ratio) & (ratio <= max_ratio) & (graph.dst[f] != graph.src[e])
+    return e[ok], f[ok]
+
+
+class RandomChainDetector(TypologyDetector):
+    """A -> B -> C -> D ...: each account passes nearly the whole amount on within hours.
+
+    Evidence: per-hop amount conservation (a fee, never more than received), short dwell at
+    every account, at least min_hops hops. Ordinary money rarely moves on at the same size
+    three times in a row. A chain that returns to its start is left to the cycle detector.
+    """
+
+    name = "random_chain"
+
+    def __init__(self, min_hops=3, max_hops=12, max_dwell_hours=48, min_conservation=0.8,
+                 max_conservation=1.0, min_amount=1000.0, max_component_edges=200,
+                 min_score=0.5, enabled=True):
+        self.min_hops = min_hops
+        self.max_hops = max_hops
+        self.max_dwell_hours = max_dwell_hours
+        self.min_conservation = min_conservation
+        self.max_conservation = max_conservation
+        self.min_amount = min_amount
+        self.max_component_edges = max_component_edges
+        self.min_score = min_score
+        self.enabled = enabled
+
+    def detect(self, graph) -> list[PatternInstance]:
+        if len(graph) == 0:
+            return []
+        e, f = forward_links(graph, int(self.max_dwell_hours * HOUR), self.min_conservation,
+                             self.max_conservation, self.min_amount)
+        if len(e) == 0:
+            return []
+        # Longest chain ending at each payment: relax along the links max_hops times.
+        depth = np.zeros(len(graph), dtype=np.int64)
+        for _ in range(self.max_hops):
+            new = depth.copy()
+            np.maximum.at(new, f, depth[e] + 1)
+            if np.array_equal(new, depth):
+                break
+            depth = new
+        nodes, codes = np.unique(np.concatenate([e, f]), return_inverse=True)
+        m = len(e)
+        adj = coo_matrix((np.ones(m), (codes[:m], codes[m:])), shape=(len(nodes),) * 2)
+        _, comp = connected_components(adj, directed=False)
+        hops = pd.Series(depth[nodes] + 1).groupby(comp).max()
+        size = np.bincount(comp)
+        out = []
+        for c in hops.index[(hops >= self.min_hops).to_numpy()]:
+            if size[c] > self.max_component_edges:
+                continue
+            edges = np.sort(nodes[comp == c])
+            first, last = edges[0], edges[-1]
+            if graph.src[first] == graph.dst[last]:
+                continue  # closes a loop: a cycle
+            amounts = graph.amount[edges]
+            conservation = float(graph.amount[last] / graph.amount[first])
+            dwell_h = float(np.diff(graph.t[edges]).max() / HOUR) if len(edges) > 1 else 0.0
+            n_hops = int(hops[c])
+            score = 0.5 + 0.2 * min(1.0, n_hops / (2 * self.min_hops)) \
+                + 0.15 * min(1.0, conservation) + 0.15 * (1 - dwell_h / self.max_dwell_hours)
+            if score >= self.min_score:
+                out.append(self._instance(edges, score, hops=n_hops, conservation=conservation,
+                                          max_dwell_hours=dwell_h,
+                                          amount=float(amounts.max())))
+        return out
+
+
+class PassThroughDetector(TypologyDetector):
+    """An account receives money and forwards most of it within hours to other accounts.
+
+    Evidence: forwarded share (80-100 %), short dwell, onward recipients differ from payers,
+    and a quiet account (few payments in the window): a busy business account always has
+    money going in and out, a mule moves one sum at a time.
+    """
+
+    name = "pass_through"
+
+    def __init__(self, max_dwell_hours=24, min_forward_share=0.75, max_forward_share=1.02,
+                 min_amount=2000.0, min_edge_amount=200.0, max_payments=8,
+                 max_account_degree=400, min_score=0.5, enabled=True):
+        self.max_dwell_hours = max_dwell_hours
+        self.min_forward_share = min_forward_share
+        self.max_forward_share = max_forward_share
+        self.min_amount = min_amount
+        self.min_edge_amount = min_edge_amount
+        self.max_payments = max_payments
+        self.max_account_degree = max_account_degree
+        self.min_score = min_score
+        self.enabled = enabled
+
+    def detect(self, graph) -> list[PatternInstance]:
+        if len(graph) == 0:
+            return []
+        w = int(self.max_dwell_hours * HOUR)
+        sig = np.flatnonzero(graph.amount >= self.min_edge_amount)
+        # One row per (account, sizeable payment) with direction: +1 in, -1 out.
+        node = np.concatenate([graph.dst[sig], graph.src[sig]])
+        e = np.concatenate([sig, sig])
+        inbound = np.concatenate([np.ones(len(sig), bool), np.zeros(len(sig), bool)])
+        keep = (graph.degree[node] <= self.max_account_degree) & \
+            (graph.src[e] != graph.dst[e])
+        node, e, inbound = node[keep], e[keep], inbound[keep]
+        out = []
+        seen = set()
+        for bucket in window_buckets(graph.t[e], w):
+            df = pd.DataFrame({"v": node, "b": bucket, "e": e, "in": inbound,
+                               "a": graph.amount[e], "t": graph.t[e]})
+            df["a_in"] = np.where(df["in"], df.a, 0.0)
+            df["a_out"] = np.where(df["in"], 0.0, df.a)
+            agg = df.groupby(["v", "b"], sort=False).agg(
+                a_in=("a_in", "sum"), a_out=("a_out", "sum"), n_in=("in", "sum"),
+                n=("e", "size"))
+            agg["n_out"] = agg.n - agg.n_in
+            ratio = agg.a_out / agg.a_in.where(agg.a_in > 0)
+            cand = agg[(agg.a_in >= self.min_amount) & (agg.n_out > 0)
+                       & (ratio >= self.min_forward_share) & (ratio <= self.max_forward_share)
+                       & (agg.n <= self.max_payments)]
+            if cand.empty:
+                continue
+            sub = df.set_index(["v", "b"]).loc[cand.index].reset_index()
+            for (v, _), g in sub.groupby(["v", "b"], sort=False):
+                inst = self._judge(graph, int(v), g)
+                if inst is not None and tuple(inst.edge_idx) not in seen:
+                    seen.add(tuple(inst.edge_idx))
+                    out.append(inst)
+        return out
+
+    def _judge(self, graph, v, g):
+        ins, outs = g[g["in"]], g[~g["in"]]
+        first_in = ins.t.min()
+        outs = outs[outs.t > first_in]  # forwarding follows the arrival
+        if outs.empty:
+            return None
+        inflow = float(ins.a.sum())
+        share_fwd = float(outs.a.sum() / inflow)
+        if not self.min_forward_share <= share_fwd <= self.max_forward_share:
+            return None
+        payers = set(graph.src[ins.e.to_numpy()].tolist())
+        if payers & set(graph.dst[outs.e.to_numpy()].tolist()):
+            return None  # money going back to a payer is a refund, not a pass-through
+        dwell_h = float((outs.t.min() - ins.t.max()) / HOUR)
+        score = 0.6 + 0.2 * (share_fwd >= 0.85) + 0.2 * (1 - max(dwell_h, 0) / self.max_dwell_hours)
+        if score < self.min_score:
+            return None
+        return self._instance(np.concatenate([ins.e.to_numpy(), outs.e.to_numpy()]), score,
+                              center=v, hops=2, inflow=inflow, forward_share=share_fwd,
+                              dwell_hours=dwell_h, amount=inflow)

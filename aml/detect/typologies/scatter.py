@@ -1,0 +1,135 @@
+"""Scatter-gather (one source -> many intermediaries -> one sink) and gather-scatter
+(many sources -> one account -> many destinations)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from aml.detect.typologies.base import (
+    HOUR, PatternInstance, TypologyDetector, neighbours_within, share, star_groups,
+    window_buckets,
+)
+
+
+class ScatterGatherDetector(TypologyDetector):
+    """Money leaves one account to several intermediaries, each of which pays the same sink.
+
+    Evidence: the sink receives roughly what the source sent (minus fees), each intermediary
+    forwards after it received, and the whole thing fits in a short window. Ordinary traffic
+    rarely has several distinct two-hop paths between the same two accounts within days.
+    """
+
+    name = "scatter_gather"
+
+    def __init__(self, window_hours=96, min_intermediaries=3, min_edge_amount=500.0,
+                 min_conservation=0.5, max_conservation=1.05, min_score=0.5, enabled=True):
+        self.window_hours = window_hours
+        self.min_intermediaries = min_intermediaries
+        self.min_edge_amount = min_edge_amount
+        self.min_conservation = min_conservation
+        self.max_conservation = max_conservation
+        self.min_score = min_score
+        self.enabled = enabled
+
+    def detect(self, graph) -> list[PatternInstance]:
+        if len(graph) == 0:
+            return []
+        w = int(self.window_hours * HOUR)
+        k = self.min_intermediaries
+        sig = graph.amount >= self.min_edge_amount
+        # First hops leave a would-be source with >= k sizeable payments in the window, second
+        # hops reach a would-be sink with >= k; intermediaries are never hubs. This keeps the
+        # two-hop join small however busy the graph is.
+        first = sig & ~graph.is_hub[graph.dst] & ~graph.is_hub[graph.src] & (
+            neighbours_within(graph, graph.src, sig, w) >= k)
+        second = sig & ~graph.is_hub[graph.src] & ~graph.is_hub[graph.dst] & (
+            neighbours_within(graph, graph.dst, sig, w) >= k)
+        e1 = np.flatnonzero(first)
+        e2 = np.flatnonzero(second)
+        if len(e1) == 0 or len(e2) == 0:
+            return []
+        a = pd.DataFrame({"e1": e1, "s": graph.src[e1], "m": graph.dst[e1], "t1": graph.t[e1]})
+        b = pd.DataFrame({"e2": e2, "m": graph.src[e2], "d": graph.dst[e2], "t2": graph.t[e2]})
+        j = a.merge(b, on="m")
+        j = j[(j.t2 > j.t1) & (j.t2 - j.t1 <= w) & (j.s != j.d)]
+        if j.empty:
+            return []
+        out = []
+        for bucket in window_buckets(j.t1.to_numpy(), w):
+            j = j.assign(b=bucket)
+            nm = j.groupby(["s", "d", "b"], sort=False)["m"].transform("nunique")
+            for (s, d, _), g in j[nm.to_numpy() >= k].groupby(["s", "d", "b"], sort=False):
+                inst = self._judge(graph, int(s), int(d), g)
+                if inst is not None and inst.score >= self.min_score:
+                    out.append(inst)
+        return out
+
+    def _judge(self, graph, s, d, g):
+        e1 = np.unique(g.e1.to_numpy())
+        e2 = np.unique(g.e2.to_numpy())
+        sent, gathered = graph.amount[e1].sum(), graph.amount[e2].sum()
+        ratio = float(gathered / sent) if sent > 0 else 0.0
+        if not self.min_conservation <= ratio <= self.max_conservation:
+            return None
+        mids = int(g.m.nunique())
+        new_share = share(graph.pair_first[np.concatenate([e1, e2])])
+        score = 0.5 + 0.2 * new_share + 0.2 * min(1.0, mids / (2 * self.min_intermediaries)) \
+            + 0.1 * (ratio >= 0.8)
+        return self._instance(np.concatenate([e1, e2]), score, center=s, sink=d, hops=2,
+                              intermediaries=mids, conservation=ratio,
+                              new_counterparty_share=new_share, amount=float(sent))
+
+
+class GatherScatterDetector(TypologyDetector):
+    """Several accounts pay one account, which soon pays most of it on to several others.
+
+    Evidence: the outflow follows the inflow and roughly matches it (a merchant or utility
+    collects without forwarding; a payroll payer pays out without a matching collection).
+    """
+
+    name = "gather_scatter"
+
+    def __init__(self, window_hours=96, min_sources=3, min_destinations=3, max_degree=60,
+                 min_edge_amount=500.0, min_conservation=0.5, max_conservation=1.1,
+                 min_score=0.5, enabled=True):
+        self.window_hours = window_hours
+        self.min_sources = min_sources
+        self.min_destinations = min_destinations
+        self.max_degree = max_degree
+        self.min_edge_amount = min_edge_amount
+        self.min_conservation = min_conservation
+        self.max_conservation = max_conservation
+        self.min_score = min_score
+        self.enabled = enabled
+
+    def detect(self, graph) -> list[PatternInstance]:
+        if len(graph) == 0:
+            return []
+        w = int(self.window_hours * HOUR)
+        sig = (graph.amount >= self.min_edge_amount) & ~graph.is_hub[graph.dst]
+        out = []
+        for e_in in star_groups(graph, graph.dst, graph.src, sig, w, self.min_sources,
+                                self.max_degree):
+            hub = int(graph.dst[e_in[0]])
+            t0, t_last = int(graph.t[e_in].min()), int(graph.t[e_in].max())
+            e_out = graph.out_edges_between(hub, t0 + 1, t0 + w)
+            e_out = e_out[graph.amount[e_out] >= self.min_edge_amount]
+            # Outflow must be onward: after the first inflow, to accounts that did not pay in.
+            e_out = e_out[~np.isin(graph.dst[e_out], graph.src[e_in])]
+            if len(np.unique(graph.dst[e_out])) < self.min_destinations:
+                continue
+            inflow, outflow = graph.amount[e_in].sum(), graph.amount[e_out].sum()
+            ratio = float(outflow / inflow) if inflow > 0 else 0.0
+            if not self.min_conservation <= ratio <= self.max_conservation:
+                continue
+            after = share(graph.t[e_out] >= np.median(graph.t[e_in]))
+            edges = np.concatenate([e_in, e_out])
+            new_share = share(graph.pair_first[edges])
+            score = 0.4 + 0.2 * new_share + 0.2 * after + 0.2 * (0.8 <= ratio <= 1.02)
+            if score >= self.min_score:
+                out.append(self._instance(
+                    edges, score, center=hub, hops=2, sources=int(len(np.unique(graph.src[e_in]))),
+                    destinations=int(len(np.unique(graph.dst[e_out]))), conservation=ratio,
+                    amount=float(inflow), new_counterparty_share=new_share))
+        return out

@@ -1,0 +1,58 @@
+"""Structuring: many payments just under the reporting threshold, to or from one party."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aml.detect.typologies.base import HOUR, PatternInstance, TypologyDetector, star_groups
+
+
+class StructuringDetector(TypologyDetector):
+    """At least min_count payments in [threshold*(1-band), threshold) paid into (or out of)
+    one account within window_hours, from at least min_count distinct counterparties,
+    spanning at least min_institutions banks.
+
+    Splitting a sum across institutions to stay under the US $10,000 currency transaction
+    report is an offence in itself (31 CFR 1010.314) that no single bank can see. Evidence
+    against ordinary invoices that happen to fall in the band: several distinct
+    counterparties inside days, several institutions, amounts bunched right under the line.
+    """
+
+    name = "structuring"
+
+    def __init__(self, threshold=10000.0, band=0.2, window_hours=168, min_count=3,
+                 min_institutions=2, max_degree=100, min_score=0.5, enabled=True):
+        self.threshold = threshold
+        self.band = band
+        self.window_hours = window_hours
+        self.min_count = min_count
+        self.min_institutions = min_institutions
+        self.max_degree = max_degree
+        self.min_score = min_score
+        self.enabled = enabled
+
+    def detect(self, graph) -> list[PatternInstance]:
+        if len(graph) == 0:
+            return []
+        w = int(self.window_hours * HOUR)
+        lo = self.threshold * (1 - self.band)
+        in_band = (graph.amount >= lo) & (graph.amount < self.threshold)
+        out = []
+        for direction, center, leaf in (("in", graph.dst, graph.src),
+                                        ("out", graph.src, graph.dst)):
+            for e in star_groups(graph, center, leaf, in_band, w, self.min_count,
+                                 self.max_degree):
+                node = int(center[e[0]])
+                banks = set(graph.node_bank[graph.src[e]]) | set(graph.node_bank[graph.dst[e]])
+                if len(banks) < self.min_institutions:
+                    continue
+                # How tightly the amounts bunch under the threshold (0: spread over the band).
+                closeness = float(np.mean((graph.amount[e] - lo) / (self.threshold - lo)))
+                count = len(np.unique(leaf[e]))
+                score = 0.5 + 0.2 * min(1.0, count / (2 * self.min_count)) \
+                    + 0.15 * min(1.0, (len(banks) - 1) / 3) + 0.15 * closeness
+                if score >= self.min_score:
+                    out.append(self._instance(e, score, center=node, direction=direction,
+                                              hops=1, count=count, threshold=self.threshold,
+                                              institutions=len(banks)))
+        return out

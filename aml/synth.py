@@ -1,0 +1,685 @@
+"""The multi-bank synthetic data generator (`aml synth`).
+
+Generates labelled transactions between accounts at several member banks (`B01`..`Bnn`) and two
+non-member banks (`X01`, `X02`): ordinary traffic (payroll, card purchases, bills, friends paying
+each other back, supplier invoices, self-transfers, reinvestment) plus labelled laundering in the
+eight AMLworld typologies, structuring, pass-through mules, and laundering disguised as payroll or
+supplier payments. docs/synthetic-data.md describes every shape and its ordinary look-alike.
+
+Ordinary traffic is generated fully vectorised (no Python loop per transaction); laundering is
+generated one pattern instance at a time, since instances are few. Everything is drawn from one
+seeded numpy Generator, so the same arguments give identical tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aml.errors import ConfigError
+from aml.schema import PATTERN_TABLE_SCHEMA, TIMESTAMP_TYPE, TRANSACTION_SCHEMA
+
+# --- public constants (the detection configuration uses the same rates) -------------------
+
+START = np.datetime64("2026-01-01T00:00:00", "s")  # a Thursday; day 0 of every data set
+
+# Value of one unit of each currency in USD, the base currency. Fixed, so amounts can be
+# compared across currencies exactly the way the generator converted them.
+USD_PER_UNIT: dict[str, float] = {
+    "USD": 1.0, "EUR": 1.08, "GBP": 1.27, "CHF": 1.13, "JPY": 0.0067, "CNY": 0.138,
+    "INR": 0.012, "CAD": 0.73, "AUD": 0.66, "MXN": 0.055, "BRL": 0.18, "RUB": 0.011,
+    "SAR": 0.267, "ILS": 0.27, "SGD": 0.75, "HKD": 0.128, "SEK": 0.095, "NOK": 0.093,
+    "DKK": 0.145, "PLN": 0.25, "ZAR": 0.055, "BTC": 60000.0,
+}
+
+# Ordinary transactions per account per day (laundering comes on top, ~0.7 % of that):
+# --accounts 10000 --days 60 gives about 1.02 M transactions.
+TXNS_PER_ACCOUNT_DAY = 1.7
+LAUNDERING_SHARE = 0.007
+MIN_INSTANCES_PER_PATTERN = 5
+
+TYPOLOGIES = (
+    "fan_out", "fan_in", "cycle", "scatter_gather", "gather_scatter", "bipartite",
+    "stack", "random_chain", "structuring", "pass_through",
+)
+DISGUISED = ("disguised_payroll", "disguised_supplier")
+PATTERNS = TYPOLOGIES + DISGUISED
+
+NON_MEMBER_BANKS = ("X01", "X02")
+
+# --- internal codes -------------------------------------------------------------------------
+
+_CURRENCIES = tuple(USD_PER_UNIT)
+_CUR = {c: i for i, c in enumerate(_CURRENCIES)}
+_RATE = np.array([USD_PER_UNIT[c] for c in _CURRENCIES])
+_DECIMALS = np.array([0 if c == "JPY" else 8 if c == "BTC" else 2 for c in _CURRENCIES])
+
+_FORMATS = ("ACH", "Wire", "Cheque", "Credit Card", "Cash", "Bitcoin", "Reinvestment")
+ACH, WIRE, CHEQUE, CARD, CASH, BITCOIN, REINVEST = range(len(_FORMATS))
+
+PERSON, COMPANY, MERCHANT = 0, 1, 2
+
+DAY = 86_400
+HOUR = 3_600
+
+# Home currency of accounts at member banks (the rest of the world is at X01/X02).
+_MEMBER_CURRENCY_MIX = {
+    "USD": 0.950, "EUR": 0.014, "GBP": 0.009, "CAD": 0.007, "CHF": 0.004, "JPY": 0.004,
+    "MXN": 0.004, "INR": 0.003, "BTC": 0.005,
+}
+_NON_MEMBER_CURRENCY = {"X01": ("EUR", 0.85), "X02": ("GBP", 0.85)}
+
+
+# --- the population -------------------------------------------------------------------------
+
+@dataclass
+class _Population:
+    bank_ids: list[str]
+    bank: np.ndarray        # account -> index into bank_ids
+    role: np.ndarray        # PERSON / COMPANY / MERCHANT
+    currency: np.ndarray    # account -> index into _CURRENCIES
+    activity: np.ndarray    # relative spending activity of persons (heavy-tailed)
+    persons: np.ndarray
+    companies: np.ndarray   # companies that are not utilities
+    merchants: np.ndarray
+    utilities: np.ndarray
+    n_members: int
+
+
+def _make_population(rng: np.random.Generator, banks: int, accounts: int) -> _Population:
+    bank_ids = [f"B{i + 1:02d}" for i in range(banks)] + list(NON_MEMBER_BANKS)
+    # Skewed sizes: a few big banks and a long tail of small ones (Zipf-like), 3 % abroad.
+    member_w = 1.0 / np.arange(1, banks + 1) ** 1.1
+    weights = np.concatenate([0.97 * member_w / member_w.sum(), [0.02, 0.01]])
+    bank = rng.choice(len(bank_ids), size=accounts, p=weights)
+
+    role = rng.choice(3, size=accounts, p=[0.84, 0.10, 0.06])
+    # Every data set needs some of each role, however small.
+    role[:3] = [PERSON, COMPANY, MERCHANT]
+    role[3:5] = COMPANY
+
+    mix_codes = np.array([_CUR[c] for c in _MEMBER_CURRENCY_MIX])
+    mix_p = np.array(list(_MEMBER_CURRENCY_MIX.values()))
+    currency = rng.choice(mix_codes, size=accounts, p=mix_p / mix_p.sum())
+    for code, (cur, share) in _NON_MEMBER_CURRENCY.items():
+        at = bank == bank_ids.index(code)
+        currency[at] = np.where(rng.random(at.sum()) < share, _CUR[cur], _CUR["USD"])
+
+    all_companies = np.flatnonzero(role == COMPANY)
+    n_util = max(2, len(all_companies) // 20)
+    utilities = np.sort(rng.choice(all_companies, size=n_util, replace=False))
+    companies = np.setdiff1d(all_companies, utilities)
+
+    return _Population(
+        bank_ids=bank_ids, bank=bank, role=role, currency=currency,
+        activity=rng.lognormal(0.0, 0.8, size=accounts),
+        persons=np.flatnonzero(role == PERSON), companies=companies,
+        merchants=np.flatnonzero(role == MERCHANT), utilities=utilities, n_members=banks,
+    )
+
+
+# --- a growing set of edges -------------------------------------------------------------------
+
+@dataclass
+class _Edges:
+    """Transactions as parallel arrays: account indices, seconds since START, USD value."""
+
+    src: list = field(default_factory=list)
+    dst: list = field(default_factory=list)
+    t: list = field(default_factory=list)
+    usd: list = field(default_factory=list)
+    fmt: list = field(default_factory=list)
+    instance: list = field(default_factory=list)  # laundering instance index, -1 = ordinary
+
+    def add(self, src, dst, t, usd, fmt, instance=-1) -> None:
+        src = np.asarray(src, dtype=np.int64)
+        n = len(src)
+        self.src.append(src)
+        self.dst.append(np.asarray(dst, dtype=np.int64))
+        self.t.append(np.asarray(t, dtype=np.int64))
+        self.usd.append(np.asarray(usd, dtype=np.float64))
+        self.fmt.append(np.broadcast_to(np.asarray(fmt, dtype=np.int8), (n,)))
+        self.instance.append(np.full(n, instance, dtype=np.int32))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(getattr(self, k)) for k in ("src", "dst", "t", "usd", "fmt", "instance")}
+
+
+def _weekday(day: np.ndarray) -> np.ndarray:
+    """Monday = 0; START (2026-01-01) is a Thursday."""
+    return (day + 3) % 7
+
+
+def _daytime(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Seconds into the day: mostly 06:00-24:00 peaked in the afternoon, 8 % at any hour
+    (online payments), so night activity alone does not give laundering away."""
+    t = rng.normal(14.5 * HOUR, 3.5 * HOUR, n)
+    outside = (t < 6 * HOUR) | (t >= DAY)
+    t[outside] = rng.uniform(7 * HOUR, 22 * HOUR, outside.sum())  # no pile-up at the edges
+    anytime = rng.random(n) < 0.08
+    t[anytime] = rng.uniform(0, DAY, anytime.sum())
+    return t.astype(np.int64)
+
+
+def _pick_formats(rng: np.random.Generator, n: int, probs: dict[int, float]) -> np.ndarray:
+    codes = np.array(list(probs), dtype=np.int8)
+    p = np.array(list(probs.values()))
+    return rng.choice(codes, size=n, p=p / p.sum())
+
+
+def _month_starts(days: int) -> np.ndarray:
+    """Day index of the first of every month overlapping the data range (and the one before)."""
+    end = START + np.timedelta64(days, "D")
+    months = np.arange(START.astype("datetime64[M]") - 1, end.astype("datetime64[M]") + 1)
+    return (months.astype("datetime64[D]") - START.astype("datetime64[D]")).astype(np.int64)
+
+
+# --- ordinary traffic ---------------------------------------------------------------------------
+
+def _payroll(rng, pop: _Population, days: int, out: _Edges) -> None:
+    """Companies pay their employees on a fixed day each month: regular, similar amounts."""
+    companies = pop.companies
+    employed = pop.persons[rng.random(len(pop.persons)) < 0.9]
+    # Big employers and small ones (Zipf-like headcount).
+    size_w = 1.0 / np.arange(1, len(companies) + 1) ** 0.9
+    employer = companies[rng.choice(len(companies), size=len(employed), p=size_w / size_w.sum())]
+    order = np.argsort(employer, kind="stable")
+    employed, employer = employed[order], employer[order]
+
+    n_acc = len(pop.bank)
+    payday = np.zeros(n_acc, dtype=np.int64)
+    payday[companies] = rng.choice([1, 15, 25, 28], size=len(companies))
+    pay_second = np.zeros(n_acc, dtype=np.int64)
+    pay_second[companies] = rng.integers(7 * HOUR, 11 * HOUR, size=len(companies))
+    level = np.ones(n_acc)
+    level[companies] = rng.lognormal(np.log(4200), 0.35, size=len(companies))
+    fmt_of = np.zeros(n_acc, dtype=np.int8)
+    fmt_of[companies] = _pick_formats(rng, len(companies), {ACH: 0.85, CHEQUE: 0.10, WIRE: 0.05})
+    salary = level[employer] * rng.lognormal(0.0, 0.25, size=len(employed))
+
+    for month_day in _month_starts(days):
+        day = month_day + payday[employer] - 1
+        t = day * DAY + pay_second[employer] + rng.integers(0, 900, size=len(employed))
+        usd = salary * rng.uniform(0.98, 1.02, size=len(employed))
+        keep = (t >= 0) & (t < days * DAY)
+        out.add(employer[keep], employed[keep], t[keep], usd[keep], fmt_of[employer][keep])
+
+
+def _bills(rng, pop: _Population, days: int, out: _Edges) -> None:
+    """Each person pays 1-3 utilities on a fixed day each month: natural fan-ins."""
+    n_links = rng.integers(1, 4, size=len(pop.persons))
+    payer = np.repeat(pop.persons, n_links)
+    util_w = 1.0 / np.arange(1, len(pop.utilities) + 1)
+    utility = pop.utilities[rng.choice(len(pop.utilities), size=len(payer), p=util_w / util_w.sum())]
+    bill_day = rng.integers(1, 29, size=len(payer))
+    base = rng.lognormal(np.log(110), 0.6, size=len(payer))
+    fmt = _pick_formats(rng, len(payer), {ACH: 0.85, CARD: 0.10, CHEQUE: 0.05})
+    for month_day in _month_starts(days):
+        t = (month_day + bill_day - 1) * DAY + _daytime(rng, len(payer))
+        usd = base * rng.uniform(0.85, 1.15, size=len(payer))
+        keep = (t >= 0) & (t < days * DAY)
+        out.add(payer[keep], utility[keep], t[keep], usd[keep], fmt[keep])
+
+
+def _card_purchases(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
+    """Persons buy at merchants: natural fan-ins of many small amounts."""
+    p = pop.activity[pop.persons]
+    buyer = rng.choice(pop.persons, size=n, p=p / p.sum())
+    pop_w = 1.0 / np.arange(1, len(pop.merchants) + 1) ** 0.8
+    merchant = pop.merchants[rng.choice(len(pop.merchants), size=n, p=pop_w / pop_w.sum())]
+    t = rng.integers(0, days, size=n) * DAY + _daytime(rng, n)
+    usd = np.clip(rng.lognormal(np.log(32), 0.9, size=n), 1.0, 5000.0)
+    out.add(buyer, merchant, t, usd, _pick_formats(rng, n, {CARD: 0.85, CASH: 0.10, ACH: 0.05}))
+
+
+def _friends(rng, pop: _Population, n_pairs: int, days: int, out: _Edges) -> None:
+    """A pays for B, B pays A back within days: natural short cycles A->B->A."""
+    persons = pop.persons
+    friends = persons[rng.integers(0, len(persons), size=(len(persons), 5))]
+    p = pop.activity[persons]
+    pos = rng.choice(len(persons), size=n_pairs, p=p / p.sum())
+    a = persons[pos]
+    b = friends[pos, rng.integers(0, 5, size=n_pairs)]
+    ok = a != b
+    a, b = a[ok], b[ok]
+    n = len(a)
+    t1 = rng.integers(0, days, size=n) * DAY + _daytime(rng, n)
+    t2 = t1 + rng.integers(HOUR, 4 * DAY, size=n)
+    usd = np.clip(rng.lognormal(np.log(40), 0.8, size=n), 2.0, 3000.0)
+    share = np.where(rng.random(n) < 0.6, 1.0, rng.uniform(0.3, 1.0, size=n))
+    fmt = _pick_formats(rng, n, {ACH: 0.80, CASH: 0.15, WIRE: 0.05})
+    out.add(a, b, t1, usd, fmt)
+    back = t2 < days * DAY
+    out.add(b[back], a[back], t2[back], (usd * share)[back], fmt[back])
+
+
+def _supplier_payments(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
+    """Companies and merchants pay invoices to a few regular suppliers on business days."""
+    payers = np.concatenate([pop.companies, pop.merchants])
+    suppliers = pop.companies[rng.integers(0, len(pop.companies), size=(len(payers), 4))]
+    size_w = rng.lognormal(0.0, 1.0, size=len(payers))
+    pos = rng.choice(len(payers), size=n, p=size_w / size_w.sum())
+    payer = payers[pos]
+    supplier = suppliers[pos, rng.integers(0, 4, size=n)]
+    day = rng.integers(0, days, size=n)
+    wd = _weekday(day)
+    day = day + np.where(wd == 5, 2, np.where(wd == 6, 1, 0))  # weekend -> Monday
+    t = day * DAY + rng.integers(8 * HOUR, 18 * HOUR, size=n)
+    usd = np.clip(rng.lognormal(np.log(4000), 1.1, size=n), 50.0, 750_000.0)
+    fmt = _pick_formats(rng, n, {ACH: 0.45, WIRE: 0.35, CHEQUE: 0.20})
+    keep = (payer != supplier) & (t < days * DAY)
+    out.add(payer[keep], supplier[keep], t[keep], usd[keep], fmt[keep])
+
+
+def _self_transfers(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
+    """One person's accounts at two different banks move money between each other."""
+    persons = pop.persons
+    n_pairs = max(1, len(persons) // 16)
+    pairs = rng.choice(persons, size=(n_pairs, 2), replace=False)
+    a, b = pairs[:, 0], pairs[:, 1]
+    # Same owner, different bank: move the twin to another member bank if they coincide.
+    same = pop.bank[a] == pop.bank[b]
+    pop.bank[b[same]] = (pop.bank[a[same]] + 1) % pop.n_members
+    pos = rng.integers(0, n_pairs, size=n)
+    flip = rng.random(n) < 0.5
+    src = np.where(flip, b[pos], a[pos])
+    dst = np.where(flip, a[pos], b[pos])
+    t = rng.integers(0, days, size=n) * DAY + _daytime(rng, n)
+    usd = rng.choice([100.0, 200.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0], size=n)
+    out.add(src, dst, t, usd, _pick_formats(rng, n, {ACH: 0.75, WIRE: 0.25}))
+
+
+def _reinvestment(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
+    """As in AMLworld, a company reinvests into its own account (source = destination)."""
+    co = pop.companies[rng.integers(0, len(pop.companies), size=n)]
+    t = rng.integers(0, days, size=n) * DAY + rng.integers(8 * HOUR, 18 * HOUR, size=n)
+    usd = np.clip(rng.lognormal(np.log(8000), 1.0, size=n), 100.0, 500_000.0)
+    out.add(co, co, t, usd, REINVEST)
+
+
+def _ordinary(rng, pop: _Population, days: int, out: _Edges) -> int:
+    target = int(TXNS_PER_ACCOUNT_DAY * len(pop.bank) * days)
+    before = sum(len(x) for x in out.src)
+    _payroll(rng, pop, days, out)
+    _bills(rng, pop, days, out)
+    structural = sum(len(x) for x in out.src) - before
+    rest = max(0, target - structural)
+    _self_transfers(rng, pop, int(0.03 * rest), days, out)
+    _friends(rng, pop, int(0.07 * rest), days, out)  # two transactions per pair
+    _supplier_payments(rng, pop, int(0.10 * rest), days, out)
+    _reinvestment(rng, pop, int(0.005 * rest), days, out)
+    done = sum(len(x) for x in out.src) - before
+    _card_purchases(rng, pop, max(0, target - done), days, out)
+    return target
+
+
+# --- laundering ------------------------------------------------------------------------------------
+
+class _Instance:
+    """Edges of one laundering instance, with times relative to its start (seconds)."""
+
+    def __init__(self):
+        self.edges: list[tuple[int, int, float, float, int]] = []
+
+    def pay(self, src, dst, t, usd, fmt) -> None:
+        self.edges.append((int(src), int(dst), float(t), float(usd), int(fmt)))
+
+
+_LAUNDER_FORMATS = {WIRE: 0.45, ACH: 0.40, CASH: 0.08, CHEQUE: 0.07}
+
+
+class _Launderer:
+    """Builds laundering instances; participants come from accounts that also trade normally."""
+
+    def __init__(self, rng: np.random.Generator, pop: _Population):
+        self.rng = rng
+        self.pop = pop
+        eligible = np.concatenate([pop.persons, pop.companies])
+        # A ring of accounts that launder repeatedly, plus occasional one-off mules.
+        ring = max(60, len(eligible) // 25)
+        self.ring = rng.choice(eligible, size=min(ring, len(eligible)), replace=False)
+        self.eligible = eligible
+        self.usd_accounts = eligible[pop.currency[eligible] == _CUR["USD"]]
+        abroad = np.isin(pop.bank, [pop.bank_ids.index(b) for b in NON_MEMBER_BANKS])
+        self.abroad = np.flatnonzero(abroad & (pop.role != MERCHANT))
+
+    # participants ------------------------------------------------------------------------
+    def accounts(self, k: int, min_banks: int = 2, pool: np.ndarray | None = None) -> np.ndarray:
+        """k distinct accounts spread over at least min_banks banks."""
+        rng, bank = self.rng, self.pop.bank
+        for _ in range(50):
+            if pool is None:
+                src = self.ring if rng.random() < 0.5 else self.eligible
+            else:
+                src = pool
+            chosen = rng.choice(src, size=min(k, len(src)), replace=False)
+            if len(np.unique(bank[chosen])) >= min(min_banks, k):
+                return chosen
+        return chosen
+
+    def companies(self, k: int) -> np.ndarray:
+        return self.rng.choice(self.pop.companies, size=k, replace=False)
+
+    def fmt(self) -> int:
+        return int(_pick_formats(self.rng, 1, _LAUNDER_FORMATS)[0])
+
+    def amount(self) -> float:
+        return float(np.clip(self.rng.lognormal(np.log(40_000), 0.8), 5_000, 600_000))
+
+    def fee(self) -> float:
+        return float(self.rng.uniform(0.005, 0.03))
+
+    def split(self, total: float, k: int, concentration: float = 6.0) -> np.ndarray:
+        """Split a total into k roughly similar parts."""
+        return total * self.rng.dirichlet(np.full(k, concentration))
+
+    def hours(self, lo: float, hi: float) -> float:
+        return float(self.rng.uniform(lo * HOUR, hi * HOUR))
+
+    # the shapes --------------------------------------------------------------------------
+    def fan_out(self) -> _Instance:
+        rng, inst = self.rng, _Instance()
+        k = int(rng.integers(5, 16))
+        acc = self.accounts(k + 1, 3)
+        window = self.hours(6, 72)
+        times = np.sort(rng.uniform(0, window, k))
+        for d, t, a in zip(acc[1:], times, self.split(self.amount(), k)):
+            inst.pay(acc[0], d, t, a, self.fmt())
+        return inst
+
+    def fan_in(self) -> _Instance:
+        rng, inst = self.rng, _Instance()
+        k = int(rng.integers(5, 16))
+        acc = self.accounts(k + 1, 3)
+        window = self.hours(6, 72)
+        times = np.sort(rng.uniform(0, window, k))
+        for s, t, a in zip(acc[1:], times, self.split(self.amount(), k)):
+            inst.pay(s, acc[0], t, a, self.fmt())
+        return inst
+
+    def _chain(self, acc: np.ndarray, dwell: tuple[float, float], fee: tuple[float, float]) -> _Instance:
+        inst, amount, t = _Instance(), self.amount(), 0.0
+        for s, d in zip(acc[:-1], acc[1:]):
+            inst.pay(s, d, t, amount, self.fmt())
+            amount *= 1.0 - self.rng.uniform(*fee)
+            t += self.hours(*dwell)
+        return inst
+
+    def cycle(self) -> _Instance:
+        k = int(self.rng.integers(3, 9))
+        acc = self.accounts(k, 2)
+        return self._chain(np.append(acc, acc[0]), dwell=(0.5, 14), fee=(0.005, 0.03))
+
+    def random_chain(self) -> _Instance:
+        k = int(self.rng.integers(5, 11))
+        return self._chain(self.accounts(k, 3), dwell=(0.25, 10), fee=(0.001, 0.02))
+
+    def scatter_gather(self) -> _Instance:
+        rng, inst = self.rng, _Instance()
+        k = int(rng.integers(3, 9))
+        acc = self.accounts(k + 2, 3)
+        src, mids, dst = acc[0], acc[1:-1], acc[-1]
+        for m, a in zip(mids, self.split(self.amount(), k)):
+            t1 = self.hours(0, 24)
+            inst.pay(src, m, t1, a, self.fmt())
+            inst.pay(m, dst, t1 + self.hours(1, 30), a * (1 - self.fee()), self.fmt())
+        return inst
+
+    def gather_scatter(self) -> _Instance:
+        rng, inst = self.rng, _Instance()
+        k, m = int(rng.integers(3, 9)), int(rng.integers(3, 9))
+        acc = self.accounts(k + m + 1, 3)
+        hub, srcs, dsts = acc[0], acc[1:k + 1], acc[k + 1:]
+        total = self.amount()
+        in_times = rng.uniform(0, self.hours(4, 36), k)
+        for s, t, a in zip(srcs, in_times, self.split(total, k)):
+            inst.pay(s, hub, t, a, self.fmt())
+        start_out = in_times.max() + self.hours(1, 24)
+        out_times = start_out + np.sort(rng.uniform(0, self.hours(2, 24), m))
+        for d, t, a in zip(dsts, out_times, self.split(total * (1 - self.fee()), m)):
+            inst.pay(hub, d, t, a, self.fmt())
+        return inst
+
+    def bipartite(self) -> _Instance:
+        rng, inst = self.rng, _Instance()
+        na, nb = int(rng.integers(2, 6)), int(rng.integers(2, 6))
+        acc = self.accounts(na + nb, 3)
+        left, right = acc[:na], acc[na:]
+        link = rng.random((na, nb)) < 0.7
+        link[np.arange(na), rng.integers(0, nb, na)] = True    # every payer pays someone
+        link[rng.integers(0, na, nb), np.arange(nb)] = True    # every payee is paid
+        per_edge = self.amount() / link.sum()
+        window = self.hours(12, 72)
+        for i, j in zip(*np.nonzero(link)):
+            inst.pay(left[i], right[j], rng.uniform(0, window), per_edge * rng.uniform(0.8, 1.2), self.fmt())
+        return inst
+
+    def stack(self) -> _Instance:
+        """Layered bipartite: layer 1 pays layer 2, which forwards to layer 3."""
+        rng, inst = self.rng, _Instance()
+        sizes = rng.integers(2, 4, size=3)
+        acc = self.accounts(int(sizes.sum()), 3)
+        layers = np.split(acc, np.cumsum(sizes)[:-1])
+        received = dict.fromkeys(layers[1].tolist(), 0.0)
+        last_in = dict.fromkeys(layers[1].tolist(), 0.0)
+        per_edge = self.amount() / (sizes[0] * sizes[1])
+        for s in layers[0]:
+            for m in layers[1]:
+                t, a = self.hours(0, 24), per_edge * rng.uniform(0.8, 1.2)
+                inst.pay(s, m, t, a, self.fmt())
+                received[int(m)] += a
+                last_in[int(m)] = max(last_in[int(m)], t)
+        for m in layers[1]:
+            start = last_in[int(m)] + self.hours(1, 24)
+            parts = self.split(received[int(m)] * (1 - self.fee()), len(layers[2]))
+            for d, a in zip(layers[2], parts):
+                inst.pay(m, d, start + self.hours(0, 6), a, self.fmt())
+        return inst
+
+    def structuring(self) -> _Instance:
+        """Many payments just under the 10,000 USD reporting threshold, across several banks."""
+        rng, inst = self.rng, _Instance()
+        k = int(rng.integers(6, 16))
+        party = self.accounts(1, 1)[0]
+        others = self.accounts(k, 3, pool=self.usd_accounts)
+        others = others[others != party]
+        window = self.hours(24, 96)
+        fmts = _pick_formats(rng, len(others), {CASH: 0.5, ACH: 0.3, WIRE: 0.2})
+        inbound = rng.random() < 0.6  # smurfs pay in to one party, or one party pays out
+        payer_usd = self.pop.currency[party] == _CUR["USD"]
+        for o, f in zip(others, fmts):
+            t, a = rng.uniform(0, window), rng.uniform(8_500, 9_990)
+            if inbound or not payer_usd:
+                inst.pay(o, party, t, a, f)
+            else:
+                inst.pay(party, o, t, a, f)
+        return inst
+
+    def pass_through(self) -> _Instance:
+        """A mule receives money and forwards 80-95 % of it within hours."""
+        rng, inst = self.rng, _Instance()
+        n_in, n_out = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        acc = self.accounts(1 + n_in + n_out, 3)
+        mule, srcs, dsts = acc[0], acc[1:n_in + 1], acc[n_in + 1:]
+        total = self.amount() / 4
+        in_times = rng.uniform(0, self.hours(1, 12), n_in)
+        for s, t, a in zip(srcs, in_times, self.split(total, n_in)):
+            inst.pay(s, mule, t, a, self.fmt())
+        forward = total * rng.uniform(0.80, 0.95)
+        start = in_times.max() + self.hours(0.5, 8)
+        for d, a in zip(dsts, self.split(forward, n_out)):
+            inst.pay(mule, d, start + self.hours(0, 2), a, self.fmt())
+        return inst
+
+    def disguised_payroll(self) -> _Instance:
+        """A front company is funded, then 'pays salaries' to mules: payroll timing, similar
+        amounts, but larger than its usual pay and to accounts that are not its employees."""
+        rng, inst = self.rng, _Instance()
+        k = int(rng.integers(5, 14))
+        front = self.companies(1)[0]
+        acc = self.accounts(k + 1, 3)
+        acc = acc[acc != front]
+        funder, payees = acc[0], acc[1:]
+        salary = rng.uniform(3_000, 9_000)
+        amounts = salary * rng.uniform(0.95, 1.05, len(payees))
+        inst.pay(funder, front, self.hours(0, 12), amounts.sum() / rng.uniform(0.90, 0.97), WIRE)
+        pay_at = DAY + rng.integers(7, 11) * HOUR  # next morning, payroll-style batch
+        for p, a in zip(payees, amounts):
+            inst.pay(front, p, pay_at + rng.uniform(0, 900), a, ACH)
+        return inst
+
+    def disguised_supplier(self) -> _Instance:
+        """A front company pays 'invoices' to a shell supplier, which forwards the money on."""
+        rng, inst = self.rng, _Instance()
+        front, shell = self.companies(2)
+        # The money often leaves the consortium: half the beneficiaries bank abroad.
+        abroad = np.setdiff1d(self.abroad, [front, shell])
+        pool = abroad if len(abroad) and rng.random() < 0.5 else None
+        beneficiary = front
+        while beneficiary in (front, shell):
+            beneficiary = self.accounts(1, 1, pool=pool)[0]
+        n = int(rng.integers(2, 6))
+        invoices = np.maximum(np.round(self.split(self.amount(), n, 10.0), -2), 100.0)  # round totals
+        fmts = _pick_formats(rng, n, {WIRE: 0.5, ACH: 0.3, CHEQUE: 0.2})
+        # Invoices settle in business hours over a few days, like the ordinary ones.
+        times = np.sort(rng.integers(0, 5, n) * DAY + rng.uniform(9 * HOUR, 17 * HOUR, n))
+        for t, a, f in zip(times, invoices, fmts):
+            inst.pay(front, shell, t, a, f)
+        inst.pay(shell, beneficiary, times[-1] + self.hours(2, 24), invoices.sum() * rng.uniform(0.9, 0.95), WIRE)
+        return inst
+
+
+def _laundering(rng, pop: _Population, days: int, budget: int, out: _Edges) -> list[str]:
+    """Add laundering instances round-robin over PATTERNS until the budget is spent and every
+    pattern has at least MIN_INSTANCES_PER_PATTERN instances. Returns each instance's name."""
+    launderer = _Launderer(rng, pop)
+    names: list[str] = []
+    n_txns = 0
+    span_limit = days * DAY
+    while n_txns < budget or len(names) < MIN_INSTANCES_PER_PATTERN * len(PATTERNS):
+        for name in PATTERNS:
+            inst = getattr(launderer, name)()
+            src, dst, t, usd, fmt = (np.array(c) for c in zip(*inst.edges))
+            # Place the instance inside the data range (compress it if the range is short).
+            span = int(t.max()) + 1
+            if span >= span_limit:
+                t = t * (span_limit - 1) / span
+                span = span_limit
+            # Start at a day's midnight (the disguised kinds carry office hours of their own)
+            # or at an ordinary-looking time of day.
+            t0 = rng.integers(0, span_limit - span + 1)
+            t0 -= t0 % DAY
+            if name not in DISGUISED:
+                t0 = min(t0 + int(_daytime(rng, 1)[0]), span_limit - span)
+            t = t0 + t.astype(np.int64)
+            if name not in DISGUISED and rng.random() < 0.9:
+                # Most launderers act in the day like everyone else: squeeze each hop's time of
+                # day into 06:00-24:00 (monotone, so the hop order is kept).
+                t = t - t % DAY + 6 * HOUR + (t % DAY) * 3 // 4
+            out.add(src, dst, t, usd, fmt, instance=len(names))
+            names.append(name)
+            n_txns += len(src)
+    return names
+
+
+# --- assembling the tables ------------------------------------------------------------------------
+
+def _round_amounts(value: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    scale = 10.0 ** _DECIMALS[cur]
+    return np.maximum(np.round(value * scale), 1.0) / scale
+
+
+def _check_args(banks: int, accounts: int, days: int, seed: int) -> None:
+    if not 2 <= banks <= 99:
+        raise ConfigError("synth: --banks must be between 2 and 99 (patterns must cross banks)")
+    if not 200 <= accounts <= 9_999_999:
+        raise ConfigError("synth: --accounts must be between 200 and 9,999,999")
+    if not 7 <= days <= 3660:
+        raise ConfigError("synth: --days must be between 7 and 3660")
+    if seed < 0:
+        raise ConfigError("synth: --seed must be a non-negative integer")
+
+
+def generate(
+    banks: int = 8, accounts: int = 10_000, days: int = 60, seed: int = 0
+) -> tuple[pa.Table, pa.Table]:
+    """Return (transactions in TRANSACTION_SCHEMA, patterns in PATTERN_TABLE_SCHEMA)."""
+    _check_args(banks, accounts, days, seed)
+    rng = np.random.default_rng(seed)
+    pop = _make_population(rng, banks, accounts)
+    edges = _Edges()
+    target = _ordinary(rng, pop, days, edges)
+    names = _laundering(rng, pop, days, int(LAUNDERING_SHARE * target), edges)
+    e = edges.arrays()
+
+    order = np.argsort(e["t"], kind="stable")
+    e = {k: v[order] for k, v in e.items()}
+    n = len(order)
+
+    src_cur, dst_cur = pop.currency[e["src"]], pop.currency[e["dst"]]
+    fmt = e["fmt"].copy()
+    btc = _CUR["BTC"]
+    fmt[((src_cur == btc) | (dst_cur == btc)) & (fmt != REINVEST)] = BITCOIN
+    amount = _round_amounts(e["usd"] / _RATE[src_cur], src_cur)
+    received = _round_amounts(e["usd"] / _RATE[dst_cur], dst_cur)
+    received = np.where(src_cur == dst_cur, amount, received)
+
+    width = max(8, len(str(n)))
+    txn_ids = pa.array([f"T{i:0{width}d}" for i in range(n)], pa.string())
+    account_ids = pa.array([f"A{i:07d}" for i in range(accounts)], pa.string())
+    bank_ids = pa.array(pop.bank_ids, pa.string())
+    currencies = pa.array(_CURRENCIES, pa.string())
+    formats = pa.array(_FORMATS, pa.string())
+    timestamps = (START.astype("datetime64[us]") + e["t"].astype("timedelta64[s]")).astype("datetime64[us]")
+
+    transactions = pa.Table.from_arrays(
+        [
+            txn_ids,
+            pa.array(timestamps.astype(np.int64), TIMESTAMP_TYPE),
+            bank_ids.take(pop.bank[e["src"]]),
+            account_ids.take(e["src"]),
+            bank_ids.take(pop.bank[e["dst"]]),
+            account_ids.take(e["dst"]),
+            pa.array(amount, pa.float64()),
+            currencies.take(src_cur),
+            pa.array(received, pa.float64()),
+            currencies.take(dst_cur),
+            formats.take(fmt),
+            pa.array((e["instance"] >= 0).astype(np.int8), pa.int8()),
+        ],
+        schema=TRANSACTION_SCHEMA,
+    )
+
+    rows = np.flatnonzero(e["instance"] >= 0)
+    inst = e["instance"][rows]
+    by_pattern = np.lexsort((rows, inst))
+    rows, inst = rows[by_pattern], inst[by_pattern]
+    pattern_ids = pa.array([f"P{i:05d}" for i in range(len(names))], pa.string())
+    patterns = pa.Table.from_arrays(
+        [
+            pattern_ids.take(inst),
+            pa.array(names, pa.string()).take(inst),
+            txn_ids.take(rows),
+        ],
+        schema=PATTERN_TABLE_SCHEMA,
+    )
+    return transactions, patterns
+
+
+def write_synthetic(
+    out: Path, banks: int = 8, accounts: int = 10_000, days: int = 60, seed: int = 0
+) -> dict:
+    """Write out/transactions.parquet and out/patterns.parquet; return their row counts."""
+    transactions, patterns = generate(banks=banks, accounts=accounts, days=days, seed=seed)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        pq.write_table(transactions, out / "transactions.parquet", compression="zstd")
+        pq.write_table(patterns, out / "patterns.parquet", compression="zstd")
+    except OSError as exc:
+        raise ConfigError(f"synth: cannot write the output directory ({exc.strerror})") from None
+    return {"transactions": transactions.num_rows, "patterns": patterns.num_rows}

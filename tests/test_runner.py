@@ -1,0 +1,131 @@
+"""The enclave task runner: only enclave tasks run, nothing but codes and counts leave."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import aml.prefect_env  # noqa: F401
+from aml.enclave import runner
+from aml.enclave.runner import (
+    EnclaveTaskRunner, enclave_log, enclave_task, is_allowed_log, is_enclave_task,
+)
+from aml.errors import EnclaveBoundaryError, EnclaveTaskError, TamperedError
+from prefect import flow, task
+
+CANARY = "CANARY-acct-7f3a9"
+
+
+@enclave_task
+def leaky(batch_id: str, secret: str) -> int:
+    raise ValueError(f"row with account {secret} is broken")
+
+
+@enclave_task
+def tampered(batch_id: str) -> int:
+    raise TamperedError(f"chunk 3 of account {CANARY} failed authentication")
+
+
+@enclave_task
+def count_rows(n: int) -> int:
+    return n * 2
+
+
+@task
+def plain(n: int) -> int:
+    return n
+
+
+@pytest.fixture()
+def inside_worker(monkeypatch):
+    monkeypatch.setitem(runner._WORKER, "inside", True)
+
+
+def test_enclave_task_refuses_to_run_outside_the_worker():
+    with pytest.raises(EnclaveBoundaryError):
+        count_rows.fn(n=2)
+
+
+def test_unexpected_exception_is_replaced_by_code_and_batch_id(inside_worker):
+    with pytest.raises(EnclaveTaskError) as info:
+        leaky.fn(batch_id="b-123", secret=CANARY)
+    err = info.value
+    assert CANARY not in str(err) and CANARY not in repr(err.args)
+    assert err.cause_code == "unexpected_ValueError" and err.batch_id == "b-123"
+    assert err.__context__ is None and err.__cause__ is None
+
+
+def test_aml_error_keeps_its_code_but_not_its_message(inside_worker):
+    with pytest.raises(EnclaveTaskError) as info:
+        tampered.fn(batch_id="b-9")
+    assert info.value.cause_code == "tampered"
+    assert CANARY not in str(info.value)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.task, again.cause_code, again.batch_id) == ("tampered", "tampered", "b-9")
+
+
+def test_enclave_task_marks_and_switches():
+    assert is_enclave_task(count_rows)
+    assert not is_enclave_task(plain)
+    # Switching persistence back on makes it no longer an enclave task.
+    assert not is_enclave_task(count_rows.with_options(persist_result=True))
+
+
+def test_log_allow_list():
+    assert is_allowed_log("batch b-1 from B01: 10 rows accepted, 0 rows quarantined")
+    assert not is_allowed_log("batch b-1 from B01: 10 rows accepted, 0 rows quarantined " + CANARY)
+    assert not is_allowed_log(f"account {CANARY} moved 31337.1337")
+    logger = logging.getLogger("test-enclave")
+    with pytest.raises(EnclaveBoundaryError):
+        enclave_log(logger, "detected", alerts="many", rows=3)
+    with pytest.raises(EnclaveBoundaryError):
+        enclave_log(logger, "batch_unsealed", batch_id="x y", bank="B01", rows=1, quarantined=0)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "detection: 3 alerts over 9 rows", None, None)
+    assert runner.AllowListFilter().filter(record)
+    record.msg = CANARY
+    assert not runner.AllowListFilter().filter(record)
+
+
+def test_parent_side_processor_drops_unlisted_logs():
+    process = runner._allow_listed_messages()
+    assert process("log", {"message": CANARY}) is None
+    ok = {"message": "stage detect done in 12 ms"}
+    assert process("log", ok) == ("log", ok)
+
+
+def test_duplicate_keeps_the_boundary():
+    dup = EnclaveTaskRunner(max_workers=1).duplicate()
+    assert isinstance(dup, EnclaveTaskRunner)
+    assert dup._initializer is runner.initialize_enclave_worker
+
+
+@pytest.mark.slow
+def test_real_prefect_run_refuses_plain_tasks_and_sanitises(prefect_server):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @flow(task_runner=EnclaveTaskRunner(), persist_result=False)
+    def boundary_flow() -> dict:
+        out = {"doubled": count_rows.submit(n=21).result()}
+        try:
+            plain.submit(n=1)
+        except EnclaveBoundaryError:
+            out["plain_refused"] = True
+        state = leaky.submit(batch_id="b-77", secret=CANARY).wait() or None
+        fut = leaky.submit(batch_id="b-77", secret=CANARY)
+        fut.wait()
+        out["state_message"] = fut.state.message or ""
+        try:
+            fut.result()
+        except Exception as exc:  # what the flow process sees
+            out["seen"] = f"{type(exc).__name__}: {exc}"
+        return out
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server[0]}):
+        out = boundary_flow()
+    assert out["doubled"] == 42
+    assert out["plain_refused"] is True
+    assert CANARY not in out["state_message"] and CANARY not in out["seen"]
+    assert "unexpected_ValueError" in out["seen"] and "b-77" in out["seen"]
