@@ -24,5 +24,8 @@ demo: install
 test: install-test
 	$(BIN)/python -m pytest -q
 
+attack: install-test
+	$(BIN)/python -m attacks.run
+
 clean:
 	rm -rf $(VENV) demo_out

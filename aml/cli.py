@@ -64,8 +64,11 @@ def _cmd_enclave_init(a: argparse.Namespace) -> int:
 
 
 def _cmd_enclave_measure(a: argparse.Namespace) -> int:
-    from aml.enclave.measure import measure_tree
+    from aml.enclave.measure import measure_tree, measurement_inputs
 
+    if a.inputs:  # for auditors: what the value covers, one "sha256  path" line each
+        for path, digest in measurement_inputs(Path(a.dir)):
+            print(f"{digest or 'absent':64}  {path}")
     print(measure_tree(Path(a.dir)))
     return 0
 
@@ -163,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_enclave_init)
     s = esub.add_parser("measure", help="print the enclave measurement of a project tree")
     s.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    s.add_argument("--inputs", action="store_true",
+                   help="first list each measured file with its sha256 (the measurement is the last line)")
     s.set_defaults(func=_cmd_enclave_measure)
     s = esub.add_parser("contract", help="build the encrypted, signed Hyper Protect contract")
     s.add_argument("--template", required=True)

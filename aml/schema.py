@@ -311,8 +311,6 @@ REASONS = (
 # How far in the future a timestamp may be (clock skew, time zones) before it is rejected.
 FUTURE_TOLERANCE = timedelta(days=1)
 
-QUARANTINE_SCHEMA_PREFIX = pa.schema([pa.field("row", pa.int64()), pa.field("reason", pa.string())])
-
 _IBM_TIMESTAMP_SHAPE = r"^\d{4}/\d\d/\d\d \d\d:\d\d$"
 _NUMBER_PATTERN = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 
@@ -351,6 +349,19 @@ def _to_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
         )
 
 
+def _mask(condition) -> np.ndarray:
+    """An arrow boolean result as a numpy mask; null counts as False."""
+    return pc.fill_null(condition, False).to_numpy(zero_copy_only=False)
+
+
+def _numbers(col) -> np.ndarray:
+    return col.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _is_number_type(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
 def _blank(col: pa.ChunkedArray) -> np.ndarray:
     """True where a value is null, or a string that is empty after trimming whitespace."""
     if _is_stringish(col.type):
@@ -361,8 +372,8 @@ def _blank(col: pa.ChunkedArray) -> np.ndarray:
 
 def _parse_float(col: pa.ChunkedArray) -> np.ndarray:
     """float64 values, NaN where the value is missing or not a plain decimal number."""
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
-        return pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64)
+    if _is_number_type(col.type):
+        return _numbers(pc.cast(col, pa.float64(), safe=False))
     s = pc.utf8_trim_whitespace(_to_string(col))
     ok = pc.match_substring_regex(s, _NUMBER_PATTERN)
     numbers = pc.if_else(ok, s, pa.scalar(None, pa.string()))
@@ -370,7 +381,7 @@ def _parse_float(col: pa.ChunkedArray) -> np.ndarray:
         parsed = pc.cast(numbers, pa.float64())
     except pa.ArrowInvalid:  # a form the regex admits but arrow does not: let pandas decide
         return pd.to_numeric(numbers.to_pandas(), errors="coerce").to_numpy(dtype=np.float64)
-    return pc.fill_null(parsed, np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    return _numbers(pc.fill_null(parsed, np.nan))
 
 
 def _parse_timestamp(col: pa.ChunkedArray) -> pa.Array:
@@ -387,7 +398,7 @@ def _parse_timestamp(col: pa.ChunkedArray) -> pa.Array:
             return out.combine_chunks() if out.num_chunks else pa.array([], TIMESTAMP_TYPE)
         col = _to_string(col)
     s = pc.utf8_trim_whitespace(_to_string(col))
-    # IBM's "YYYY/MM/DD HH:MM" first (fast, vectorised in arrow), ISO 8601 via pandas for the rest.
+    # IBM's "YYYY/MM/DD HH:MM" first (arrow strptime), then ISO 8601 for the rest.
     shaped = pc.fill_null(pc.match_substring_regex(s, _IBM_TIMESTAMP_SHAPE), False)
     candidate = pc.if_else(shaped, s, pa.scalar(None, pa.string()))
     fast = pc.strptime(candidate, format=IBM_TIMESTAMP_FORMAT, unit="us", error_is_null=True)
@@ -395,36 +406,48 @@ def _parse_timestamp(col: pa.ChunkedArray) -> pa.Array:
     day_written = pc.cast(pc.utf8_slice_codeunits(candidate, 8, 10), pa.int64())
     same_day = pc.fill_null(pc.equal(day_written, pc.day(fast)), False)
     fast = pc.if_else(same_day, fast, pa.scalar(None, fast.type))
-    fast = pc.cast(fast, TIMESTAMP_TYPE).combine_chunks() if len(s) else pa.array([], TIMESTAMP_TYPE)
-    rest = pc.and_(pc.is_null(fast), pc.is_valid(s)).combine_chunks() if len(s) else pa.array([], pa.bool_())
-    if not pc.any(rest).as_py():
+    if len(s) == 0:
+        return pa.array([], TIMESTAMP_TYPE)
+    fast = pc.cast(fast, TIMESTAMP_TYPE).combine_chunks()
+    idx = np.flatnonzero(_mask(pc.and_(pc.is_null(fast), pc.is_valid(s))))
+    if len(idx) == 0:
         return fast
-    idx = np.flatnonzero(rest.to_numpy(zero_copy_only=False))
-    texts = s.take(pa.array(idx)).to_pandas()
-    parsed = pd.to_datetime(texts, format="ISO8601", utc=True, errors="coerce")
+    texts = s if len(idx) == len(s) else s.take(pa.array(idx))
     values = fast.to_numpy(zero_copy_only=False).astype("datetime64[us]")  # NaT where null
-    values[idx] = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+    values[idx] = _parse_iso8601(texts)
     return pa.array(values, type=pa.timestamp("us")).cast(TIMESTAMP_TYPE)
+
+
+def _parse_iso8601(texts: pa.ChunkedArray) -> np.ndarray:
+    """datetime64[us] in UTC, NaT where unparsable. Arrow's cast parses clean columns (all with
+    an offset, or all without) in one pass; anything mixed or dirty goes to pandas, row by row
+    tolerant."""
+    for target in (TIMESTAMP_TYPE, pa.timestamp("us")):  # naive times are UTC
+        try:
+            parsed = pc.cast(texts, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        return pc.cast(parsed, pa.timestamp("us")).to_numpy(zero_copy_only=False)
+    parsed = pd.to_datetime(texts.to_pandas(), format="ISO8601", utc=True, errors="coerce")
+    return parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
 
 
 def _parse_label(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(label values as float with NaN = unknown, bad mask). Accepted: empty, 0, 1."""
     t = col.type
     if pa.types.is_boolean(t):
-        values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        values = _numbers(pc.fill_null(pc.cast(col, pa.float64()), np.nan))
         return values, np.zeros(len(values), dtype=bool)
-    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
-        values = pc.fill_null(pc.cast(col, pa.float64(), safe=False), np.nan)
-        values = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    if _is_number_type(t):
+        values = _numbers(pc.fill_null(pc.cast(col, pa.float64(), safe=False), np.nan))
         bad = ~(np.isnan(values) | (values == 0) | (values == 1))
         return values, bad
-    s = pc.utf8_trim_whitespace(_to_string(col))
-    s = pc.fill_null(s, "").to_numpy(zero_copy_only=False).astype(object)
-    values = np.full(len(s), np.nan)
-    values[s == "0"] = 0.0
-    values[s == "1"] = 1.0
-    bad = ~((s == "") | (s == "0") | (s == "1"))
-    return values, bad
+    s = pc.fill_null(pc.utf8_trim_whitespace(_to_string(col)), "")
+    zero = pc.equal(s, "0").to_numpy(zero_copy_only=False)
+    one = pc.equal(s, "1").to_numpy(zero_copy_only=False)
+    empty = pc.equal(s, "").to_numpy(zero_copy_only=False)
+    values = np.where(one, 1.0, np.where(zero, 0.0, np.nan))
+    return values, ~(zero | one | empty)
 
 
 def _trimmed(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -456,15 +479,15 @@ def validate(
     cols = {name: _as_chunked(raw[name]) for name in raw.column_names}
 
     if MALFORMED_COLUMN in cols:
-        reject("malformed_row", pc.fill_null(cols[MALFORMED_COLUMN], False).to_numpy(zero_copy_only=False))
+        reject("malformed_row", _mask(cols[MALFORMED_COLUMN]))
 
     for name in REQUIRED_COLUMNS:
         reject("missing_field", _blank(cols[name]))
 
     timestamp = _parse_timestamp(cols["timestamp"])
-    reject("bad_timestamp", pc.is_null(timestamp).to_numpy(zero_copy_only=False))
+    reject("bad_timestamp", _mask(pc.is_null(timestamp)))
     limit = pa.scalar(now + FUTURE_TOLERANCE, TIMESTAMP_TYPE)
-    reject("future_timestamp", pc.fill_null(pc.greater(timestamp, limit), False).to_numpy(zero_copy_only=False))
+    reject("future_timestamp", _mask(pc.greater(timestamp, limit)))
 
     amount = _parse_float(cols["amount"])
     reject("bad_amount", ~(np.isfinite(amount) & (amount > 0)))
@@ -478,12 +501,11 @@ def validate(
 
     currency = _trimmed(cols["currency"])
     known = pa.array(sorted(CURRENCIES))
-    reject("unknown_currency", ~pc.fill_null(pc.is_in(currency, value_set=known), False).to_numpy(zero_copy_only=False))
+    reject("unknown_currency", ~_mask(pc.is_in(currency, value_set=known)))
     if "receiving_currency" in cols:
         rc = _trimmed(cols["receiving_currency"])
         rc_given = ~_blank(cols["receiving_currency"])
-        rc_known = pc.fill_null(pc.is_in(rc, value_set=known), False).to_numpy(zero_copy_only=False)
-        reject("unknown_currency", rc_given & ~rc_known)
+        reject("unknown_currency", rc_given & ~_mask(pc.is_in(rc, value_set=known)))
         receiving_currency = pc.if_else(pa.array(rc_given), rc, currency.combine_chunks())
     else:
         receiving_currency = currency
@@ -494,10 +516,11 @@ def validate(
     else:
         label = np.full(n, np.nan)
 
-    ids = {c: _to_string(cols[c]) for c in ("txn_id", "src_bank", "src_account", "dst_bank", "dst_account")}
+    id_columns = ("txn_id", "src_bank", "src_account", "dst_bank", "dst_account")
+    ids = {c: _to_string(cols[c]) for c in id_columns}
     if bank_id is not None:
         ours = pc.or_(pc.equal(ids["src_bank"], bank_id), pc.equal(ids["dst_bank"], bank_id))
-        reject("foreign_row", ~pc.fill_null(ours, False).to_numpy(zero_copy_only=False))
+        reject("foreign_row", ~_mask(ours))
 
     parsed = pa.table(
         {
@@ -537,11 +560,18 @@ def _reject_duplicates(parsed: pa.Table, reason: np.ndarray) -> None:
     if len(ok) < 2:
         return
     txn = parsed["txn_id"] if len(ok) == len(reason) else parsed["txn_id"].take(ok)
-    tally = pc.value_counts(txn)  # arrow's hash count: the fast path when nothing repeats
-    repeated_ids = tally.field("values").filter(pc.greater(tally.field("counts"), 1))
-    if len(repeated_ids) == 0:
+    # Sort, then compare neighbours: on millions of unique ids this beats arrow's hash
+    # tables (value_counts) by 2-4x here.
+    order = pc.sort_indices(txn)
+    ids = txn.take(order)
+    same_as_next = _mask(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1)))
+    if not same_as_next.any():
         return
-    repeated = pc.is_in(txn, value_set=repeated_ids).to_numpy(zero_copy_only=False)
+    in_run = np.zeros(len(ids), dtype=bool)
+    in_run[:-1] |= same_as_next
+    in_run[1:] |= same_as_next
+    repeated = np.zeros(len(ids), dtype=bool)
+    repeated[order.to_numpy()] = in_run
     rows = ok[repeated]
     frame = parsed.take(rows).to_pandas()
     distinct = frame.drop_duplicates()
@@ -554,10 +584,8 @@ def _reject_duplicates(parsed: pa.Table, reason: np.ndarray) -> None:
 
 def _quarantine_table(raw: pa.Table, rows: np.ndarray, codes: np.ndarray) -> pa.Table:
     index = pa.array(rows.astype(np.int64), pa.int64())
-    columns = {
-        "row": index,
-        "reason": pa.array(np.asarray(REASONS, dtype=object)[codes].tolist() if len(codes) else [], pa.string()),
-    }
+    reasons = pa.DictionaryArray.from_arrays(pa.array(codes, pa.int8()), pa.array(REASONS))
+    columns = {"row": index, "reason": reasons.cast(pa.string())}
     for name in raw.column_names:
         if name == MALFORMED_COLUMN:
             continue

@@ -101,7 +101,10 @@ def split_file(
     """
     result = validate(read_raw(Path(file), fmt))
     good = result.good
-    chosen = read_members_file(Path(members_file)) if members_file else choose_members(good, members)
+    if members_file:
+        chosen = read_members_file(Path(members_file))
+    else:
+        chosen = choose_members(good, members)
     _check_bank_ids(chosen)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

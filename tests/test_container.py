@@ -190,16 +190,28 @@ def test_truncated_inside_the_header():
             read_header(sealed[:cut])
 
 
-def test_dropping_last_chunk_with_fixed_length_fails():
-    """STREAM: even a re-signed file whose last chunks were cut cleanly is rejected."""
-    sealed = seal()
+def _drop_last_chunk(sealed: bytes) -> bytes:
+    """Cut the last chunk cleanly, fix the length field and re-sign: a careful truncation."""
     lay = layout(sealed)
     start, _ = lay["chunks"][-1]
-    new_len = 64 * (len(lay["chunks"]) - 1)
+    chunk_size = read_header(sealed).chunk_size
     cut = bytearray(sealed[:start])
-    cut[lay["payload_len_at"] : lay["payload_len_at"] + 8] = struct.pack(">Q", new_len)
-    with pytest.raises(TamperedError, match=f"chunk {len(lay['chunks']) - 2} failed"):
-        unseal(resign(bytes(cut) + bytes(64)))
+    cut[lay["payload_len_at"] : lay["payload_len_at"] + 8] = struct.pack(">Q", chunk_size * (len(lay["chunks"]) - 1))
+    return resign(bytes(cut) + bytes(64))
+
+
+def test_dropping_last_chunk_is_caught_by_the_last_chunk_flag():
+    """STREAM: the last chunk was cut cleanly (it held only padding); chunk n-2 now stands last,
+    but it was not sealed with the last-chunk flag."""
+    sealed = seal(os.urandom(1000), pad=True, chunk_size=16)  # 8 + 1000 -> padded to 1024
+    n = len(layout(sealed)["chunks"])
+    with pytest.raises(TamperedError, match=f"chunk {n - 2} failed authentication"):
+        unseal(_drop_last_chunk(sealed))
+
+
+def test_dropping_last_chunk_of_data_is_caught():
+    with pytest.raises(TamperedError, match="truncated"):
+        unseal(_drop_last_chunk(seal()))
 
 
 def test_reordered_chunks():

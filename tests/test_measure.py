@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 import subprocess
@@ -157,3 +158,54 @@ def test_cli_prints_the_measurement(tree: Path):
     bad = subprocess.run([sys.executable, "-m", "aml.cli", "enclave", "measure",
                           str(tree / "docs")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not an enclave-aml project tree" in bad.stderr
+
+
+# --- end to end: a policy pinned to an older measurement makes `aml seal` refuse ------------------
+def _aml(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aml.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.skipif(
+    not (PROJECT_ROOT / "aml" / "bank" / "seal.py").exists()
+    or not (PROJECT_ROOT / "aml" / "enclave" / "identity.py").exists(),
+    reason="aml/bank/seal.py or aml/enclave/identity.py not written yet",
+)
+def test_seal_refuses_a_policy_pinned_to_an_older_measurement(tmp_path: Path):
+    import json
+
+    keys, enclave, inbox = tmp_path / "keys", tmp_path / "enclave", tmp_path / "inbox"
+    for bank in ("bank-a", "bank-b"):
+        assert _aml("keygen", "--bank", bank, "--out", str(keys), cwd=tmp_path).returncode == 0
+    init = _aml("enclave", "init", "--dir", str(enclave), "--members", str(keys), cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    current = json.loads((enclave / "attestation.json").read_text())["statement"]["measurement"]
+    assert f"measurement: {current}" in init.stdout  # init reports the value measured from the tree
+
+    batch = tmp_path / "batch.csv"
+    batch.write_text(
+        "txn_id,timestamp,src_bank,src_account,dst_bank,dst_account,amount,currency,"
+        "amount_received,receiving_currency,payment_format,label\n"
+        "t1,2026-01-01T00:00:00Z,bank-a,A1,bank-b,B1,100.0,USD,100.0,USD,Wire,\n")
+    seal_args = ("seal", "--bank", "bank-a", "--key", str(keys / "bank-a.key"),
+                 "--attestation", str(enclave / "attestation.json"), str(batch), "--out", str(inbox))
+    ok = _aml(*seal_args, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr  # the freshly pinned policy accepts
+
+    old = hashlib.sha256(b"the tree as it was last release").hexdigest()
+    policy_path = enclave / "policy.json"
+    policy = json.loads(policy_path.read_text())
+    policy["allowed_measurements"] = [old]
+    policy_path.write_text(json.dumps(policy))
+    refused = _aml(*seal_args, cwd=tmp_path)
+    assert refused.returncode == 3
+    assert current in refused.stderr and old in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) <= 2  # the refusal line (+ simulated warning at most)
+    assert len(list(inbox.glob("*.amlb"))) == 1  # nothing new was sealed
+
+
+def test_cli_inputs_lists_every_measured_file_then_the_value(tree: Path):
+    out = subprocess.run([sys.executable, "-m", "aml.cli", "enclave", "measure", "--inputs", str(tree)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[-1] == measure_tree(tree)
+    listed = [line.split("  ", 1) for line in out[:-1]]
+    assert [(p, None if d.strip() == "absent" else d.strip()) for d, p in listed] == measurement_inputs(tree)

@@ -102,30 +102,43 @@ def test_duplicate_keeps_the_boundary():
     assert dup._initializer is runner.initialize_enclave_worker
 
 
+@flow(task_runner=EnclaveTaskRunner(), persist_result=False)
+def boundary_flow() -> dict:
+    out = {"doubled": count_rows.submit(n=21).result()}
+    try:
+        plain.submit(n=1)
+    except EnclaveBoundaryError:
+        out["plain_refused"] = True
+    fut = leaky.submit(batch_id="b-77", secret=CANARY)
+    fut.wait()
+    out["state_message"] = fut.state.message or ""
+    try:
+        fut.result()
+    except Exception as exc:  # what the flow process sees
+        out["seen"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
 @pytest.mark.slow
-def test_real_prefect_run_refuses_plain_tasks_and_sanitises(prefect_server):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def test_real_prefect_run_refuses_plain_tasks_and_sanitises(prefect_env_vars):
+    # A fresh process, so Prefect reads the session server's address from the environment.
+    import json
+    import os
+    import subprocess
+    import sys
 
-    @flow(task_runner=EnclaveTaskRunner(), persist_result=False)
-    def boundary_flow() -> dict:
-        out = {"doubled": count_rows.submit(n=21).result()}
-        try:
-            plain.submit(n=1)
-        except EnclaveBoundaryError:
-            out["plain_refused"] = True
-        state = leaky.submit(batch_id="b-77", secret=CANARY).wait() or None
-        fut = leaky.submit(batch_id="b-77", secret=CANARY)
-        fut.wait()
-        out["state_message"] = fut.state.message or ""
-        try:
-            fut.result()
-        except Exception as exc:  # what the flow process sees
-            out["seen"] = f"{type(exc).__name__}: {exc}"
-        return out
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server[0]}):
-        out = boundary_flow()
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True,
+                          env={**os.environ, **prefect_env_vars}, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["doubled"] == 42
     assert out["plain_refused"] is True
     assert CANARY not in out["state_message"] and CANARY not in out["seen"]
     assert "unexpected_ValueError" in out["seen"] and "b-77" in out["seen"]
+    assert CANARY not in proc.stdout + proc.stderr
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(boundary_flow()))

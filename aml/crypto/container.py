@@ -372,6 +372,8 @@ def _source(path_or_bytes) -> Iterator[memoryview]:
             yield memoryview(b"")
             return
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if hasattr(m, "madvise"):  # read front to back, twice: let the kernel read ahead
+                m.madvise(mmap.MADV_SEQUENTIAL)
             view = memoryview(m)
             try:
                 yield view
@@ -524,8 +526,10 @@ class _Unpadder:
         self._pos = end
         if self._data_end is None:  # chunk 0 holds the whole prefix (chunk_size >= 16)
             (data_len,) = _u64.unpack(chunk[:LENGTH_PREFIX_LEN])
-            if data_len > self._payload_len - LENGTH_PREFIX_LEN:
-                raise FormatError("payload length prefix is out of range", batch_id=self._batch_id)
+            if data_len > self._payload_len - LENGTH_PREFIX_LEN:  # the frame's length was cut
+                raise TamperedError(
+                    "payload is shorter than its authenticated length (truncated)", batch_id=self._batch_id
+                )
             self._data_end = LENGTH_PREFIX_LEN + data_len
             chunk, start = chunk[LENGTH_PREFIX_LEN:], LENGTH_PREFIX_LEN
         keep = max(0, min(end, self._data_end) - start)

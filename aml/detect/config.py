@@ -83,9 +83,10 @@ class DetectionConfig:
     def model(self) -> Mapping[str, Any]:
         return self.section("model")
 
-    @property
-    def hub_degree(self) -> int:
-        return int(self.section("graph").get("hub_degree", 200))
+    def hub_degree(self, days: float) -> int:
+        """Degree above which an account is a hub, for data covering `days` days."""
+        g = self.section("graph")
+        return int(max(g.get("hub_min_degree", 200), g.get("hub_degree_per_day", 20) * days))
 
     def enabled(self, detector: str) -> bool:
         return bool(self.section(detector).get("enabled", True))

@@ -123,7 +123,8 @@ class TransactionGraph:
                 "currency", "label", "is_new", "submitted_by", "amount_orig"]
         edges = df[cols].copy()
         edges["is_new"] = edges["is_new"].astype(bool)
-        return cls(edges, node_bank, node_account, hub_degree=config.hub_degree)
+        days = float(edges["t"].max() - edges["t"].min()) / 86_400 if len(edges) else 0.0
+        return cls(edges, node_bank, node_account, hub_degree=config.hub_degree(days))
 
     @staticmethod
     def _merge_duplicate_rows(df: pd.DataFrame) -> pd.DataFrame:

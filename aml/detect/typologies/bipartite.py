@@ -10,62 +10,45 @@ from scipy.sparse.csgraph import connected_components
 from aml.detect.typologies.base import HOUR, PatternInstance, TypologyDetector, share, window_buckets
 
 
-def dense_components(graph, window_s: int, min_edge_amount: float, max_nodes: int):
-    """Per time window: weakly connected pieces of sizeable payments between non-hub accounts
-    where every payer pays >= 2 of the accounts and every payee is paid by >= 2.
+def ring_edges(graph, min_edge_amount: float) -> np.ndarray:
+    """Candidate payments: sizeable, between non-hub accounts, and the first payment between
+    the two. A ring's transfers are new relationships, while ordinary customers and suppliers
+    pay each other again and again."""
+    return np.flatnonzero((graph.amount >= min_edge_amount) & ~graph.is_hub[graph.src]
+                          & ~graph.is_hub[graph.dst] & (graph.src != graph.dst)
+                          & graph.pair_first)
 
-    Yields edge-index arrays. The ">= 2 both ways" pruning is a vectorised group-by, so an
-    ordinary one-to-one payment never reaches the component step.
+
+def shared_neighbour_groups(b: np.ndarray, x: np.ndarray, y: np.ndarray, min_shared: int = 2,
+                            max_fan: int = 30) -> list[tuple[int, np.ndarray]]:
+    """Group the x's (within one time bucket b) that share >= min_shared y's with another x.
+
+    E.g. x = payees, y = payers: payees paid by the same two or more payers end up in one
+    group. A self-join on (b, y), bounded by skipping y's linked to more than max_fan x's.
+    Returns (bucket, sorted x ids) per group of >= 2.
     """
-    mask = (graph.amount >= min_edge_amount) & ~graph.is_hub[graph.src] \
-        & ~graph.is_hub[graph.dst] & (graph.src != graph.dst)
-    idx = np.flatnonzero(mask)
-    if len(idx) == 0:
-        return
-    for bucket in window_buckets(graph.t[idx], window_s):
-        df = pd.DataFrame({"b": bucket, "s": graph.src[idx], "d": graph.dst[idx], "e": idx})
-        for _ in range(2):  # prune twice: removing edges can drop others below 2
-            out_n = df.groupby(["b", "s"], sort=False)["d"].transform("nunique").to_numpy()
-            in_n = df.groupby(["b", "d"], sort=False)["s"].transform("nunique").to_numpy()
-            df = df[(out_n >= 2) & (in_n >= 2)]
-        if df.empty:
-            continue
-        keys, codes = np.unique(np.concatenate([
-            df.b.to_numpy() * graph.n_nodes + df.s.to_numpy(),
-            df.b.to_numpy() * graph.n_nodes + df.d.to_numpy()]), return_inverse=True)
-        m = len(df)
-        n = len(keys)
-        adj = coo_matrix((np.ones(m), (codes[:m], codes[m:])), shape=(n, n))
-        _, comp = connected_components(adj, directed=False)
-        size = np.bincount(comp)
-        ec = comp[codes[:m]]
-        ok = size[ec] <= max_nodes
-        sub = pd.DataFrame({"c": ec[ok], "e": df.e.to_numpy()[ok]})
-        for _, g in sub.groupby("c", sort=False):
-            yield np.sort(g.e.to_numpy())
-
-
-def layers_of(graph, edges: np.ndarray) -> list[np.ndarray] | None:
-    """Split a component into layers by longest distance from its pure payers; None if it is
-    not layered (a payment inside a layer or skipping a layer)."""
-    s, d = graph.src[edges], graph.dst[edges]
-    nodes = np.unique(np.concatenate([s, d]))
-    depth = dict.fromkeys(nodes.tolist(), 0)
-    for _ in range(len(nodes)):  # longest-path relaxation; tiny components only
-        changed = False
-        for a, b in zip(s.tolist(), d.tolist()):
-            if depth[b] < depth[a] + 1:
-                depth[b] = depth[a] + 1
-                changed = True
-        if not changed:
-            break
-    else:
-        return None  # a cycle: not layered
-    for a, b in zip(s.tolist(), d.tolist()):
-        if depth[b] != depth[a] + 1:
-            return None
-    n_layers = max(depth.values()) + 1
-    return [np.array([v for v, k in depth.items() if k == i]) for i in range(n_layers)]
+    df = pd.DataFrame({"b": b, "x": x, "y": y}).drop_duplicates()
+    fan = df.groupby(["b", "y"], sort=False)["x"].transform("size").to_numpy()
+    df = df[(fan >= 2) & (fan <= max_fan)]
+    if df.empty:
+        return []
+    j = df.merge(df, on=["b", "y"])
+    j = j[j.x_x < j.x_y]
+    links = j.groupby(["b", "x_x", "x_y"], sort=False).size()
+    links = links[links >= min_shared].reset_index()
+    if links.empty:
+        return []
+    keys, codes = np.unique(np.concatenate([
+        links.b.to_numpy() * (2**31) + links.x_x.to_numpy(),
+        links.b.to_numpy() * (2**31) + links.x_y.to_numpy()]), return_inverse=True)
+    m = len(links)
+    adj = coo_matrix((np.ones(m), (codes[:m], codes[m:])), shape=(len(keys),) * 2)
+    _, comp = connected_components(adj, directed=False)
+    out = []
+    for c in np.unique(comp):
+        members = keys[comp == c]
+        out.append((int(members[0] // 2**31), np.sort(members % 2**31)))
+    return out
 
 
 def _density(graph, edges, left, right) -> float:
@@ -97,26 +80,28 @@ class BipartiteDetector(TypologyDetector):
         self.min_score = min_score
         self.enabled = enabled
 
-    _want_layers = 2
-
     def detect(self, graph) -> list[PatternInstance]:
         if len(graph) == 0:
             return []
+        w = int(self.window_hours * HOUR)
+        idx = ring_edges(graph, self.min_edge_amount)
         out = []
-        for edges in dense_components(graph, int(self.window_hours * HOUR),
-                                      self.min_edge_amount, self.max_component_nodes):
-            layers = layers_of(graph, edges)
-            if layers is None:
-                continue
-            inst = self._judge(graph, edges, layers)
-            if inst is not None and inst.score >= self.min_score:
-                out.append(inst)
+        for bucket in window_buckets(graph.t[idx], w):
+            # Payees that share >= 2 payers in the window form the right-hand side.
+            for b, right in shared_neighbour_groups(bucket, graph.dst[idx], graph.src[idx]):
+                e = idx[(bucket == b) & np.isin(graph.dst[idx], right)]
+                payers, n_paid = np.unique(graph.src[e], return_counts=True)
+                left = payers[n_paid >= 2]  # payers into >= 2 of these payees
+                e = e[np.isin(graph.src[e], left) | (np.isin(graph.src[e], payers)
+                                                       & ~np.isin(graph.src[e], right))]
+                inst = self._judge(graph, e, set(left.tolist()), set(right.tolist()))
+                if inst is not None and inst.score >= self.min_score:
+                    out.append(inst)
         return out
 
-    def _judge(self, graph, edges, layers):
-        if len(layers) != 2:
-            return None
-        left, right = set(layers[0].tolist()), set(layers[1].tolist())
+    def _judge(self, graph, edges, left, right):
+        if left & right:
+            return None  # payees paying each other: layered or circular, not bipartite
         if len(left) < self.min_sources or len(right) < self.min_destinations:
             return None
         density = _density(graph, edges, left, right)
@@ -150,10 +135,46 @@ class StackDetector(BipartiteDetector):
         self.min_layers = min_layers
         self.min_layer_size = min_layer_size
 
+    def detect(self, graph) -> list[PatternInstance]:
+        if len(graph) == 0:
+            return []
+        w = int(self.window_hours * HOUR)
+        idx = ring_edges(graph, self.min_edge_amount)
+        out = []
+        for bucket in window_buckets(graph.t[idx], w):
+            # Middle-layer accounts: paid by >= 2 and paying >= 2 new counterparties.
+            df = pd.DataFrame({"b": bucket, "s": graph.src[idx], "d": graph.dst[idx]})
+            n_in = df.groupby(["b", "d"])["s"].nunique()
+            n_out = df.groupby(["b", "s"])["d"].nunique()
+            mids = n_in[n_in >= self.min_layer_size].index.intersection(
+                n_out[n_out >= self.min_layer_size].index)
+            if len(mids) == 0:
+                continue
+            mid_key = set(mids.tolist())
+            into_mid = np.array([k in mid_key for k in zip(bucket.tolist(),
+                                                             graph.dst[idx].tolist())])
+            # Middles sharing >= 2 payers are one layer; their payers and payees the others.
+            for b, layer in shared_neighbour_groups(bucket[into_mid], graph.dst[idx][into_mid],
+                                                    graph.src[idx][into_mid]):
+                in_b = idx[bucket == b]
+                e_in = in_b[np.isin(graph.dst[in_b], layer)]
+                e_out = in_b[np.isin(graph.src[in_b], layer)]
+                srcs, c_in = np.unique(graph.src[e_in], return_counts=True)
+                dsts, c_out = np.unique(graph.dst[e_out], return_counts=True)
+                first, last = srcs[c_in >= 2], dsts[c_out >= 2]
+                e_in = e_in[np.isin(graph.src[e_in], first)]
+                e_out = e_out[np.isin(graph.dst[e_out], last)]
+                layers = [first, layer, last]
+                inst = self._judge(graph, np.concatenate([e_in, e_out]), layers)
+                if inst is not None and inst.score >= self.min_score:
+                    out.append(inst)
+        return out
+
     def _judge(self, graph, edges, layers):
-        if len(layers) < self.min_layers or min(len(x) for x in layers) < self.min_layer_size:
-            return None
         sets = [set(x.tolist()) for x in layers]
+        if min(len(x) for x in sets) < self.min_layer_size or sets[0] & sets[2] \
+                or len(layers) < self.min_layers:
+            return None
         density = min(_density(graph, edges, a, b) for a, b in zip(sets, sets[1:]))
         new_share = share(graph.pair_first[edges])
         if density < self.min_density or new_share < self.min_new_counterparty_share:
@@ -162,6 +183,7 @@ class StackDetector(BipartiteDetector):
         last = np.isin(graph.dst[edges], layers[-1])
         sent, arrived = graph.amount[edges[first]].sum(), graph.amount[edges[last]].sum()
         conservation = float(arrived / sent) if sent > 0 else 0.0
+        # Middle accounts forward after receiving: their first outflow follows their first inflow.
         score = 0.4 + 0.2 * density + 0.2 * new_share + 0.2 * (0.7 <= conservation <= 1.05)
         return self._instance(edges, score, hops=len(layers) - 1, layers=len(layers),
                               density=density, conservation=conservation,

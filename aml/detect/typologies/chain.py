@@ -52,9 +52,10 @@ class RandomChainDetector(TypologyDetector):
 
     name = "random_chain"
 
-    def __init__(self, min_hops=3, max_hops=12, max_dwell_hours=48, min_conservation=0.8,
+    def __init__(self, min_hops=3, max_hops=12, max_dwell_hours=48, min_conservation=0.9,
                  max_conservation=1.0, min_amount=1000.0, max_component_edges=200,
-                 min_score=0.5, enabled=True):
+                 min_new_counterparty_share=0.5, min_score=0.5, enabled=True):
+        self.min_new_counterparty_share = min_new_counterparty_share
         self.min_hops = min_hops
         self.max_hops = max_hops
         self.max_dwell_hours = max_dwell_hours
@@ -95,6 +96,9 @@ class RandomChainDetector(TypologyDetector):
             if graph.src[first] == graph.dst[last]:
                 continue  # closes a loop: a cycle
             amounts = graph.amount[edges]
+            new_share = float(graph.pair_first[edges].mean())
+            if new_share < self.min_new_counterparty_share:
+                continue  # regular payees (rent, suppliers): money re-spent, not layered
             conservation = float(graph.amount[last] / graph.amount[first])
             dwell_h = float(np.diff(graph.t[edges]).max() / HOUR) if len(edges) > 1 else 0.0
             n_hops = int(hops[c])
@@ -119,7 +123,9 @@ class PassThroughDetector(TypologyDetector):
 
     def __init__(self, max_dwell_hours=24, min_forward_share=0.75, max_forward_share=1.02,
                  min_amount=2000.0, min_edge_amount=200.0, max_payments=8,
-                 max_account_degree=400, min_score=0.5, enabled=True):
+                 max_account_degree=400, min_new_counterparty_share=0.8, min_score=0.5,
+                 enabled=True):
+        self.min_new_counterparty_share = min_new_counterparty_share
         self.max_dwell_hours = max_dwell_hours
         self.min_forward_share = min_forward_share
         self.max_forward_share = max_forward_share
@@ -181,9 +187,14 @@ class PassThroughDetector(TypologyDetector):
         if payers & set(graph.dst[outs.e.to_numpy()].tolist()):
             return None  # money going back to a payer is a refund, not a pass-through
         dwell_h = float((outs.t.min() - ins.t.max()) / HOUR)
+        if dwell_h < 0:
+            return None  # paying out before the money arrived: ordinary turnover
+        edges = np.concatenate([ins.e.to_numpy(), outs.e.to_numpy()])
+        new_share = float(graph.pair_first[edges].mean())
+        if new_share < self.min_new_counterparty_share:
+            return None  # regular payers and payees: a business, not a mule
         score = 0.6 + 0.2 * (share_fwd >= 0.85) + 0.2 * (1 - max(dwell_h, 0) / self.max_dwell_hours)
         if score < self.min_score:
             return None
-        return self._instance(np.concatenate([ins.e.to_numpy(), outs.e.to_numpy()]), score,
-                              center=v, hops=2, inflow=inflow, forward_share=share_fwd,
+        return self._instance(edges, score, center=v, new_counterparty_share=new_share, hops=2, inflow=inflow, forward_share=share_fwd,
                               dwell_hours=dwell_h, amount=inflow)

@@ -107,14 +107,18 @@ class GatherScatterDetector(TypologyDetector):
         if len(graph) == 0:
             return []
         w = int(self.window_hours * HOUR)
-        sig = (graph.amount >= self.min_edge_amount) & ~graph.is_hub[graph.dst]
+        # First payments between two accounts only: a business's regular customers and
+        # suppliers repeat, a laundering hub's counterparties are new.
+        sig = (graph.amount >= self.min_edge_amount) & ~graph.is_hub[graph.dst] \
+            & graph.pair_first
         out = []
         for e_in in star_groups(graph, graph.dst, graph.src, sig, w, self.min_sources,
                                 self.max_degree):
             hub = int(graph.dst[e_in[0]])
             t0, t_last = int(graph.t[e_in].min()), int(graph.t[e_in].max())
             e_out = graph.out_edges_between(hub, t0 + 1, t0 + w)
-            e_out = e_out[graph.amount[e_out] >= self.min_edge_amount]
+            e_out = e_out[(graph.amount[e_out] >= self.min_edge_amount)
+                          & graph.pair_first[e_out]]
             # Outflow must be onward: after the first inflow, to accounts that did not pay in.
             e_out = e_out[~np.isin(graph.dst[e_out], graph.src[e_in])]
             if len(np.unique(graph.dst[e_out])) < self.min_destinations:
@@ -124,9 +128,11 @@ class GatherScatterDetector(TypologyDetector):
             if not self.min_conservation <= ratio <= self.max_conservation:
                 continue
             after = share(graph.t[e_out] >= np.median(graph.t[e_in]))
+            if after < 0.8:
+                continue
             edges = np.concatenate([e_in, e_out])
             new_share = share(graph.pair_first[edges])
-            score = 0.4 + 0.2 * new_share + 0.2 * after + 0.2 * (0.8 <= ratio <= 1.02)
+            score = 0.5 + 0.2 * after + 0.3 * (0.8 <= ratio <= 1.02)
             if score >= self.min_score:
                 out.append(self._instance(
                     edges, score, center=hub, hops=2, sources=int(len(np.unique(graph.src[e_in]))),

@@ -20,7 +20,7 @@ class StructuringDetector(TypologyDetector):
 
     name = "structuring"
 
-    def __init__(self, threshold=10000.0, band=0.2, window_hours=168, min_count=3,
+    def __init__(self, threshold=10000.0, band=0.2, window_hours=168, min_count=5,
                  min_institutions=2, max_degree=100, min_score=0.5, enabled=True):
         self.threshold = threshold
         self.band = band

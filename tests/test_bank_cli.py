@@ -1,0 +1,197 @@
+"""The bank's commands end to end: keygen -> enclave init -> seal -> (enclave) -> open."""
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from aml.cli import main
+from aml.crypto.container import read_header
+from aml.crypto.keys import load_public
+from aml.enclave.identity import load_enclave_keys, load_members, open_batch, seal_alerts
+from aml.schema import ALERT_SCHEMA, TRANSACTION_SCHEMA
+
+
+def transactions(n=4) -> pa.Table:
+    ts = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    return pa.Table.from_pylist(
+        [
+            dict(txn_id=f"t{i}", timestamp=ts, src_bank="B01", src_account=f"A{i}", dst_bank="B02",
+                 dst_account="C1", amount=100.0 + i, currency="USD", amount_received=100.0 + i,
+                 receiving_currency="USD", payment_format="Wire", label=None)
+            for i in range(n)
+        ],
+        schema=TRANSACTION_SCHEMA,
+    )
+
+
+def alerts(bank="B01", n=2) -> pa.Table:
+    ts = datetime(2025, 1, 2, tzinfo=timezone.utc)
+    return pa.Table.from_pylist(
+        [
+            dict(alert_id=f"al{i}", bank=bank, pattern="fan_out", score=0.5, accounts=["A1", "A2"],
+                 txn_ids=["t1"], start=ts, end=ts, amount=10.0, institutions=2, hops=1,
+                 explanation="an account paid many others")
+            for i in range(n)
+        ],
+        schema=ALERT_SCHEMA,
+    )
+
+
+@pytest.fixture()
+def world(tmp_path, monkeypatch):
+    monkeypatch.setattr("aml.enclave.measure.measure_tree", lambda root: "ab" * 32)
+    keys = tmp_path / "keys"
+    for bank in ("B01", "B02"):
+        assert main(["keygen", "--bank", bank, "--out", str(keys)]) == 0
+    assert main(["enclave", "init", "--dir", str(tmp_path / "enc"), "--members", str(keys)]) == 0
+    batch = tmp_path / "b01.parquet"
+    pq.write_table(transactions(), batch)
+    return tmp_path
+
+
+def seal_args(w, bank="B01", *extra):
+    return ["seal", "--bank", bank, "--key", str(w / "keys" / f"{bank}.key"),
+            "--attestation", str(w / "enc" / "attestation.json"), str(w / "b01.parquet"),
+            "--out", str(w / "inbox"), *extra]
+
+
+def open_args(w, out, *sealed, bank="B01"):
+    return ["open", "--bank", bank, "--key", str(w / "keys" / f"{bank}.key"),
+            "--attestation", str(w / "enc" / "attestation.json"), *map(str, sealed), "--out", str(out)]
+
+
+def write_alert_file(w, bank="B01", n=2, sequence=1):
+    data = seal_alerts(alerts(bank, n), bank, load_members(w / "enc")[bank], load_enclave_keys(w / "enc"),
+                       run_id="run1", sequence=sequence, provenance={"run_id": "run1", "simulated": True})
+    path = w / "outbox" / bank / f"{bank}-{sequence:08d}.amla"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_seal_then_enclave_opens(world, capsys):
+    assert main(seal_args(world)) == 0
+    assert "SIMULATED" in capsys.readouterr().err
+    assert main(seal_args(world)) == 0
+    files = sorted((world / "inbox").glob("*.amlb"))
+    assert [f.name[:12] for f in files] == ["B01-00000001", "B01-00000002"]
+    assert (world / "keys" / "B01.seq").read_text().strip() == "2"
+    header = read_header(files[0])
+    assert (header.kind, header.sender, header.recipient, header.row_count) == ("batch", "B01", "enclave", 4)
+    assert header.batch_id in files[0].name
+    got_header, table = open_batch(files[0], load_enclave_keys(world / "enc"), load_public(world / "keys" / "B01.pub"))
+    assert got_header == header
+    assert table.equals(transactions())
+
+
+def test_seal_refuses_attestation_outside_policy(world, capsys):
+    policy = world / "enc" / "policy.json"
+    doc = json.loads(policy.read_text())
+    doc["allowed_measurements"] = ["cd" * 32]
+    pinned = world / "pinned.json"
+    pinned.write_text(json.dumps(doc))
+    assert main(seal_args(world, "B01", "--policy", str(pinned))) == 3
+    err = capsys.readouterr().err
+    assert "attestation" in err and "cd" * 32 in err
+    assert not (world / "inbox").exists()
+
+
+def test_seal_refuses_non_member(world, capsys):
+    assert main(["keygen", "--bank", "B03", "--out", str(world / "keys")]) == 0
+    assert main(seal_args(world, "B03")) == 3
+    assert "not in the attested membership" in capsys.readouterr().err
+
+
+def test_loose_key_permissions_exit_2(world, capsys):
+    (world / "keys" / "B01.key").chmod(0o644)
+    assert main(seal_args(world)) == 2
+    assert "too open" in capsys.readouterr().err
+    assert main(open_args(world, world / "a.jsonl", world / "x.amla")) == 2
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_open_alerts_all_formats(world, suffix, capsys):
+    files = [write_alert_file(world, n=2, sequence=1), write_alert_file(world, n=1, sequence=2)]
+    out = world / f"alerts{suffix}"
+    assert main(open_args(world, out, *files)) == 0
+    captured = capsys.readouterr()
+    assert "wrote 3 alerts" in captured.out and "al0" not in captured.out
+    if suffix == ".parquet":
+        table = pq.read_table(out)
+        assert table.num_rows == 3 and table.column("accounts").to_pylist()[0] == ["A1", "A2"]
+    elif suffix == ".jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["alert_id"] for r in rows] == ["al0", "al1", "al0"]
+        assert rows[0]["start"] == "2025-01-02T00:00:00Z" and rows[0]["txn_ids"] == ["t1"]
+    else:
+        table = pacsv.read_csv(out)
+        assert table.num_rows == 3 and json.loads(table.column("accounts")[0].as_py()) == ["A1", "A2"]
+
+
+def test_open_show_prints_alerts(world, capsys):
+    f = write_alert_file(world)
+    assert main(open_args(world, world / "a.jsonl", f) + ["--show"]) == 0
+    assert "al0" in capsys.readouterr().out
+
+
+def test_open_empty_alert_file(world):
+    f = write_alert_file(world, n=0)
+    out = world / "a.parquet"
+    assert main(open_args(world, out, f)) == 0
+    assert pq.read_table(out).num_rows == 0
+
+
+def test_open_refuses_other_banks_file(world, capsys):
+    f = write_alert_file(world, bank="B02")
+    out = world / "a.jsonl"
+    assert main(open_args(world, out, f, bank="B01")) == 3
+    assert "not for 'B01'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_open_refuses_tampered_file_and_writes_nothing(world, capsys):
+    good = write_alert_file(world, sequence=1)
+    bad = write_alert_file(world, sequence=2)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 1
+    bad.write_bytes(bytes(data))
+    out = world / "a.jsonl"
+    assert main(open_args(world, out, good, bad)) == 3
+    assert "signature" in capsys.readouterr().err
+    assert not out.exists() and not list(world.glob(".a.jsonl*"))
+
+
+def test_open_bad_extension(world, capsys):
+    f = write_alert_file(world)
+    assert main(open_args(world, world / "alerts.xlsx", f)) == 2
+    assert ".jsonl" in capsys.readouterr().err
+
+
+def test_alert_files_are_padded(world):
+    import struct
+
+    from aml.crypto.container import table_to_parquet
+    from aml.crypto.padding import padme
+
+    for n in (0, 5, 17):
+        data = write_alert_file(world, n=n, sequence=n + 1).read_bytes()
+        (header_len,) = struct.unpack(">I", data[8:12])
+        at = 12 + header_len + 2 + 80 + 32  # the payload_len field (docs/format.md)
+        (payload_len,) = struct.unpack(">Q", data[at : at + 8])
+        plain = 8 + len(table_to_parquet(alerts(n=n), ALERT_SCHEMA))
+        assert payload_len == padme(plain) and payload_len >= plain
+
+
+def test_bank_commands_do_not_import_prefect():
+    code = (
+        "import sys, aml.cli, aml.bank.keygen, aml.bank.seal, aml.bank.open, aml.crypto.container; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
