@@ -217,7 +217,8 @@ def _read_csv_strings(source: Path | bytes, names: list[str]) -> pa.Table:
             ),
             parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
             convert_options=pa_csv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
+                # binary, so one cell of invalid UTF-8 cannot fail the whole file
+                column_types={n: pa.binary() for n in names},
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             ),
@@ -230,11 +231,14 @@ def _read_csv_strings(source: Path | bytes, names: list[str]) -> pa.Table:
             table = read(False)
     except Exception as exc:  # arrow messages can quote file content: never pass them on
         raise SchemaError(f"cannot read CSV input ({type(exc).__name__})") from None
+    table = pa.table({name: _decode_utf8(table[name]) for name in names})
     if not bad_lines:
         return table
     # `row.number` counts non-empty lines from 1, header included: data row = number - 2.
     n = table.num_rows + len(bad_lines)
     bad_rows = np.asarray(sorted(bad_lines), dtype=np.int64) - 2
+    if bad_rows[0] < 0 or bad_rows[-1] >= n or len(np.unique(bad_rows)) != len(bad_rows):
+        raise SchemaError("CSV input: cannot locate its malformed lines")  # not seen; be safe
     is_bad = np.zeros(n, dtype=bool)
     is_bad[bad_rows] = True
     # position of each output row in `table`, or null for a placeholder row
@@ -242,6 +246,15 @@ def _read_csv_strings(source: Path | bytes, names: list[str]) -> pa.Table:
     take = pa.array(good_pos, mask=is_bad, type=pa.int64())
     out = table.take(take)
     return out.append_column(MALFORMED_COLUMN, pa.array(is_bad))
+
+
+def _decode_utf8(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Binary CSV cells as strings; invalid UTF-8 (rare: the slow path) becomes U+FFFD."""
+    try:
+        return pc.cast(col, pa.string())
+    except pa.ArrowInvalid:
+        values = [None if v is None else v.decode("utf-8", "replace") for v in col.to_pylist()]
+        return pa.chunked_array([pa.array(values, pa.string())])
 
 
 def _read_canonical_csv(source: Path | bytes, header: list[str]) -> pa.Table:

@@ -108,6 +108,10 @@ def split_file(
     _check_bank_ids(chosen)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if good.num_rows == 0:
+        pq.write_table(result.quarantine, out / QUARANTINE_FILE)
+        detail = ", ".join(f"{r} {k}" for r, k in result.counts.items()) or "the file has no rows"
+        raise BadInputError(f"no valid rows to split ({detail}); see {out / QUARANTINE_FILE}")
     rows: dict[str, int] = {}
     for bank, batch in split_table(good, chosen).items():
         pq.write_table(batch, out / f"{bank}.parquet")

@@ -4,7 +4,6 @@ from the implementation, so these tests also check the spec."""
 import hashlib
 import os
 import struct
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -319,8 +318,15 @@ def test_errors_name_no_payload():
 VALID = seal(bytes(range(200)))
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=600))
+VALID_HEADER_END = layout(VALID)["header"][1]
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.binary(max_size=600),
+    st.binary(max_size=600).map(lambda b: b"AMLSEAL\x01" + b),  # past the magic
+    st.binary(max_size=600).map(lambda b: VALID[:VALID_HEADER_END] + b),  # a valid header, random rest
+))
 def test_random_bytes_raise_only_aml_errors(data):
     for call in (lambda: read_header(data), lambda: verify_sender(data, BANK.public), lambda: unseal(data)):
         with pytest.raises(AmlError):
@@ -337,6 +343,9 @@ mutation = st.one_of(
 
 def mutate(data: bytes, op) -> bytes:
     kind, at, value = op
+    if not data:
+        return bytes([value])
+    at = min(at, len(data) - 1)  # earlier ops may have shortened the file
     if kind == "flip":
         return data[:at] + bytes([data[at] ^ value]) + data[at + 1 :]
     if kind == "cut":
@@ -366,3 +375,29 @@ def test_mutated_files_never_open(ops, resigned):
         pass
     with pytest.raises(AmlError):
         unseal(data)
+
+
+def _with_header_bytes(sealed: bytes, new_header: bytes) -> bytes:
+    start, end = layout(sealed)["header"]
+    return sealed[:8] + struct.pack(">I", len(new_header)) + new_header + sealed[end:]
+
+
+@pytest.mark.parametrize("rewrite", [
+    lambda raw: raw.replace(b",", b", "),  # whitespace
+    lambda raw: raw.replace(b'"batch_id":"0123abcd"', b'"batch_id":"0123abcd","batch_id":"ffff"'),  # duplicate key
+])
+def test_non_canonical_header_is_refused(rewrite):
+    """Two parsers must never disagree on a header: only the canonical encoding is accepted."""
+    sealed = seal()
+    start, end = layout(sealed)["header"]
+    changed = _with_header_bytes(sealed, rewrite(sealed[start:end]))
+    with pytest.raises(FormatError, match="canonical"):
+        read_header(changed)
+
+
+def test_provenance_must_be_plain_json():
+    with pytest.raises(BadInputError, match="provenance"):
+        header(provenance={"x": b"bytes"})
+    with pytest.raises(BadInputError, match="provenance"):
+        header(provenance={"x": float("nan")})
+    assert header(provenance={"inputs": [{"bank": "B01", "sha256": "00"}], "simulated": True}).provenance["simulated"]

@@ -211,3 +211,10 @@ def test_csv_lines_with_wrong_field_count_keep_their_row_index(tmp_path):
 
 def test_columns_constant_is_the_canonical_order():
     assert read_transactions(IBM_TINY).column_names == COLUMNS
+
+
+def test_invalid_utf8_in_one_cell_is_quarantined_not_fatal():
+    data = CANONICAL_CSV.encode().replace(b",USD,", b",US\xff,")
+    result = read_validated(data, bank_id=None)
+    assert result.counts == {"unknown_currency": 1}
+    assert result.quarantine["currency"].to_pylist() == ["US\ufffd"]

@@ -130,3 +130,13 @@ def test_aml_split_subprocess_reports_errors_on_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "not found" in done.stderr
+
+
+def test_split_refuses_a_file_without_valid_rows(tmp_path):
+    lines = IBM_TINY.read_text().splitlines()[:3]
+    f = tmp_path / "bad_Trans.csv"
+    f.write_text("\n".join([lines[0]] + [ln.replace("US Dollar", "Doubloon") for ln in lines[1:]]))
+    out = tmp_path / "o"
+    with pytest.raises(BadInputError, match="no valid rows .*unknown_currency 2"):
+        split_file(f, out)
+    assert pq.read_table(out / "quarantine.parquet").num_rows == 2

@@ -109,6 +109,8 @@ class Header:
         problem = _header_problem(doc)
         if problem:
             raise FormatError(f"header is malformed: {problem}")
+        if canonical_json(doc) != bytes(data):  # one byte string per header: no parser differentials
+            raise FormatError("header is not canonical JSON (sorted keys, no whitespace, no duplicates)")
         return cls(**doc)
 
 
@@ -147,12 +149,18 @@ def _header_problem(doc: dict) -> str | None:
             return f"field {name} is too long"
     if not MIN_CHUNK_SIZE <= doc["chunk_size"] <= MAX_CHUNK_SIZE:
         return f"chunk_size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
+    try:
+        size = len(canonical_json(doc))
+    except (TypeError, ValueError):
+        return "provenance must be plain JSON (no NaN, bytes or objects)"
+    if size > MAX_HEADER_LEN:
+        return f"header is longer than {MAX_HEADER_LEN} bytes"
     return None
 
 
 def canonical_json(obj) -> bytes:
     """Sorted keys, no whitespace, ASCII only: one byte string per value, so hashes agree."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def check_sequence(header: Header, last_accepted: int | None) -> None:
@@ -226,12 +234,11 @@ def stream_length(payload_len: int, chunk_size: int) -> int:
 class _Plaintext:
     """The payload stream: u64 data length, the data (pulled with `read_into`), zero padding."""
 
-    def __init__(self, read_into: Callable[[memoryview], int], data_len: int, payload_len: int):
+    def __init__(self, read_into: Callable[[memoryview], int], data_len: int):
         self._prefix = _u64.pack(data_len)
         self._read_into = read_into
         self._data_left = data_len
         self._pos = 0
-        self._payload_len = payload_len
 
     def fill(self, view: memoryview) -> None:
         n = len(view)
@@ -282,7 +289,7 @@ def _seal_stream(read_into, data_len: int, header: Header, recipient_x25519_publ
 
     emit(_u16.pack(len(wrapped)) + wrapped + commitment + _u64.pack(payload_len))
     aead = AESGCM(payload_key)
-    source = _Plaintext(read_into, data_len, payload_len)
+    source = _Plaintext(read_into, data_len)
     n = chunk_count(payload_len, chunk_size)
     plain = memoryview(bytearray(min(chunk_size, payload_len)))
     cipher = memoryview(bytearray(len(plain) + TAG_LEN))

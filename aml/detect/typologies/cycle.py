@@ -9,6 +9,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from aml.detect.typologies.base import HOUR, PatternInstance, TypologyDetector, window_buckets
+from aml.detect.typologies.chain import forward_links
 
 
 class CycleDetector(TypologyDetector):
@@ -40,8 +41,16 @@ class CycleDetector(TypologyDetector):
         if len(graph) == 0:
             return []
         w = int(self.window_hours * HOUR)
-        mask = (graph.amount >= self.min_edge_amount) & ~graph.is_hub[graph.src] \
-            & ~graph.is_hub[graph.dst] & (graph.src != graph.dst)
+        # A cycle payment follows an incoming payment or is followed by an outgoing one
+        # (each within max_dwell, of a conserved amount): keep only such payments. This
+        # vectorised pruning leaves small components for the cycle enumeration.
+        e, f = forward_links(graph, int(self.max_dwell_hours * HOUR), self.min_conservation,
+                             1.02, self.min_edge_amount)
+        linked = np.zeros(len(graph), dtype=bool)
+        linked[e] = True
+        linked[f] = True
+        mask = linked & ~graph.is_hub[graph.src] & ~graph.is_hub[graph.dst] \
+            & (graph.src != graph.dst)
         idx = np.flatnonzero(mask)
         if len(idx) == 0:
             return []

@@ -1,0 +1,104 @@
+"""`aml demo`: the whole consortium on sample_data/, end to end, on this machine.
+
+Every bank gets keys, the enclave starts with a SIMULATED attestation, each bank seals its own
+batch, the consortium flow runs on Prefect (a temporary local server unless PREFECT_API_URL is
+set), and each bank opens its alerts. The last 7 days of the sample lose their labels: they are
+tonight's "new" transactions, the rest is the labelled history the pooled model learns from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+from aml.errors import BadInputError
+
+DEFAULT_WORKDIR = Path("demo_out")
+NEW_DAYS = 7
+MEMBERS = 6
+
+
+def sample_transactions() -> Path:
+    from aml.enclave.identity import project_root
+
+    path = project_root() / "sample_data" / "transactions.parquet"
+    if not path.is_file():
+        raise BadInputError(f"sample data '{path}' is missing (generate it with `aml synth --out sample_data`)")
+    return path
+
+
+def unlabel_recent(table, days: float = NEW_DAYS):
+    """The table with `label` nulled on rows in the last `days` days (the "new" part)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    latest = pc.max(table.column("timestamp")).as_py()
+    cutoff = pa.scalar(latest - timedelta(days=days), type=table.schema.field("timestamp").type)
+    recent = pc.greater(table.column("timestamp"), cutoff)
+    label = pc.if_else(recent, pa.scalar(None, table.schema.field("label").type), table.column("label"))
+    return table.set_column(table.schema.get_field_index("label"), "label", label)
+
+
+def prepare_consortium(table, members: list[str], workdir: Path) -> dict[str, Path]:
+    """Keys, enclave, one sealed batch per member bank in workdir/inbox. Returns the paths."""
+    import pyarrow.parquet as pq
+
+    from aml.bank.keygen import keygen
+    from aml.bank.seal import seal
+    from aml.enclave.identity import init_enclave
+    from aml.split import split_table
+
+    paths = {name: workdir / name for name in ("keys", "banks", "enclave", "inbox", "outbox", "alerts")}
+    for p in paths.values():
+        p.mkdir(parents=True, exist_ok=True)
+    for bank in members:
+        keygen(bank, paths["keys"])
+    init_enclave(paths["enclave"], paths["keys"])
+    for bank, part in split_table(table, members).items():
+        batch = paths["banks"] / f"{bank}.parquet"
+        pq.write_table(part, batch)
+        seal(bank=bank, key=paths["keys"] / f"{bank}.key", attestation=paths["enclave"] / "attestation.json",
+             file=batch, inbox=paths["inbox"])
+    return paths
+
+
+def run_demo(workdir: Path | None = None) -> int:
+    import pyarrow.parquet as pq
+
+    from aml.bank.open import open_alerts
+    from aml.run import run_consortium
+    from aml.split import choose_members
+
+    workdir = Path(workdir) if workdir else DEFAULT_WORKDIR
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    print("*" * 78)
+    print("* SIMULATED ATTESTATION: this demo runs the 'enclave' as an ordinary process.  *")
+    print("* Nothing here is confidential; real deployments attest a Hyper Protect image. *")
+    print("*" * 78)
+
+    table = unlabel_recent(pq.read_table(sample_transactions()))
+    members = choose_members(table, MEMBERS)
+    print(f"consortium: {len(members)} member banks ({', '.join(members)}); "
+          f"{table.num_rows} transactions, the last {NEW_DAYS} days unlabelled (new)")
+    paths = prepare_consortium(table, members, workdir)
+    print(f"each bank sealed its batch into {paths['inbox']}")
+
+    print("running the consortium flow on Prefect ...")
+    print(run_consortium(paths["enclave"], paths["inbox"], paths["outbox"]))
+
+    print("\nwhat each bank received (opened with its own key):")
+    for bank in members:
+        sealed = sorted((paths["outbox"] / bank).glob("*.amla"))
+        out = paths["alerts"] / f"{bank}.parquet"
+        n = open_alerts(bank=bank, key=paths["keys"] / f"{bank}.key",
+                        attestation=paths["enclave"] / "attestation.json", sealed=sealed, out=out)
+        patterns = Counter(pq.read_table(out).column("pattern").to_pylist()) if n else Counter()
+        detail = ", ".join(f"{p} {k}" for p, k in sorted(patterns.items())) or "none"
+        print(f"  {bank}: {n} alerts ({detail}) -> {out}")
+    print(f"\neverything is under {workdir}/ (keys, sealed batches, sealed and opened alerts)")
+    print("REMINDER: SIMULATED attestation - for development and demonstration only.")
+    return 0

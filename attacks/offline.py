@@ -1,0 +1,220 @@
+"""Attack classes that need no flow run: container-level (every mutation through the checks the
+enclave's tasks use) and bank-level (the real `aml seal` / `aml open` commands)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+from aml.crypto.container import ENCLAVE, check_sequence, read_header, table_to_parquet
+from aml.crypto.keys import BankKeyPair
+from aml.errors import AmlError
+from aml.schema import TRANSACTION_SCHEMA
+
+from attacks import cases as C
+from attacks.harness import ClassResult, Consortium, Outcome, check_file, cli, cli_error_code
+from attacks.payloads import malformed_payloads
+
+SMALL_CHUNK = 1024  # so a small batch spans several chunks and chunk attacks have targets
+
+
+def container_classes(con: Consortium, base_table, stale_file: bytes, rng: random.Random,
+                      quick: bool, canary: str) -> list[ClassResult]:
+    """Every container-level class; `base_table` is one bank's genuine batch."""
+    members = con.members()
+    keys = con.enclave_keys()
+    victim, thief = con.banks[0], con.banks[1]
+    payload = table_to_parquet(base_table, TRANSACTION_SCHEMA)
+    rows = base_table.num_rows
+    seq = iter(range(10_000, 1_000_000))
+
+    def fresh(chunk_size: int | None = SMALL_CHUNK) -> bytes:
+        return con.craft(victim, next(seq), payload, rows, chunk_size=chunk_size)[1]
+
+    def check(data: bytes) -> Outcome:
+        return check_file(data, members, keys)
+
+    n = 3 if quick else 25
+    results: dict[str, ClassResult] = {}
+
+    def run(case_list, cls: str | None = None) -> None:
+        for case in case_list:
+            name = cls or case.cls
+            res = results.setdefault(name, ClassResult(name, "container"))
+            got = check(case.data)
+            res.record(case.name, got.code, case.expected, got.code in case.expected)
+
+    # a genuine file must pass, or every rejection below means nothing
+    base = fresh()
+    sanity = ClassResult("genuine_batch_accepted", "container")
+    got = check(base)
+    sanity.record("genuine", got.code, {"accepted"}, got.code == "accepted")
+    results[sanity.cls] = sanity
+
+    pair = con.pair(victim)
+    run(C.framing_flips(base))
+    run(C.header_field_flips(base, set(members)))
+    run(C.header_field_flips(fresh(None), set(members)))  # default chunk size: one chunk
+    run(C.header_random_flips(base, rng, 4 * n))
+    run(C.region_flips(base, rng, n))
+    run(C.region_flips(base, rng, n, signer=pair))
+    run(C.truncations(base, rng, 2 * n))
+    run(C.extensions(base, rng))
+    run(C.chunk_reorders(base))
+    run(C.chunk_reorders(base, signer=pair))
+    run(C.header_swaps(base, fresh(), signer=pair))
+
+    # forged signatures: a stranger's key, another member's key, a signature lifted from another file
+    forged = ClassResult("forged_signature", "container")
+    stranger = BankKeyPair.generate(victim)
+    for name, signer in (("stranger_key", stranger), ("other_member_key", con.pair(thief))):
+        data = con.craft(victim, next(seq), payload, rows, signer=signer, sender_key_id=pair.key_id)[1]
+        got = check(data)
+        forged.record(name, got.code, {"bad_signature"}, got.code == "bad_signature")
+    a, b = fresh(), fresh()
+    lifted = a[: C.layout(a).signature[0]] + b[C.layout(b).signature[0] :]
+    got = check(lifted)
+    forged.record("signature_from_other_file", got.code, {"bad_signature"}, got.code == "bad_signature")
+    results[forged.cls] = forged
+
+    # wrong recipient: addressed to a bank, or sealed to a bank's key while claiming the enclave
+    wrong = ClassResult("wrong_recipient", "container")
+    data = con.craft(thief, next(seq), payload, rows, recipient=victim)[1]
+    got = check(data)
+    wrong.record("addressed_to_bank", got.code, {"wrong_recipient"}, got.code == "wrong_recipient")
+    data = con.craft(thief, next(seq), payload, rows, recipient_key=con.pair(victim).public)[1]
+    got = check(data)
+    wrong.record("sealed_to_bank_key", got.code, {"wrong_recipient", "tampered"},
+                 got.code in {"wrong_recipient", "tampered"})
+    got = check(stale_file)
+    wrong.record("stale_enclave_key", got.code, {"wrong_recipient"}, got.code == "wrong_recipient")
+    results[wrong.cls] = wrong
+
+    # expiry
+    exp = ClassResult("expired", "container")
+    data = con.craft(victim, next(seq), payload, rows, expires_in=-60)[1]
+    got = check(data)
+    exp.record("expired_a_minute_ago", got.code, {"expired"}, got.code == "expired")
+    data = fresh()
+    later = read_header(data).expires + 1
+    got = check_file(data, members, keys, now=later)
+    exp.record("opened_after_expiry", got.code, {"expired"}, got.code == "expired")
+    results[exp.cls] = exp
+
+    # replay and rollback against the sequence rule the ledger applies
+    rep = ClassResult("replay_rollback", "container")
+    accepted = read_header(base)
+    for name, header in (("same_file_again", accepted),
+                         ("lower_sequence", read_header(con.craft(victim, 5, payload, rows)[1]))):
+        try:
+            check_sequence(header, accepted.sequence)
+            code = "accepted"
+        except AmlError as exc:
+            code = exc.code
+        rep.record(name, code, {"replay"}, code == "replay")
+    results[rep.cls] = rep
+
+    # malformed payloads a member signs itself
+    mal = ClassResult("malformed_payload", "container")
+    for p in malformed_payloads(base_table, victim, [b for b in con.banks if b != victim], rng, canary):
+        data = con.craft(victim, next(seq), p.data, p.row_count, kind=p.kind)[1]
+        got = check(data)
+        ok = got.matches(p.expected, p.rows if "accepted" in p.expected else None)
+        mal.record(p.name, f"{got.code} {got.rows or ''}".strip(), p.expected, ok,
+                   f"rows {p.rows}" if p.rows else "")
+    results[mal.cls] = mal
+    return list(results.values())
+
+
+def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path) -> list[ClassResult]:
+    """The bank-side commands refusing unsafe inputs: key files, attestations, alert files."""
+    out: list[ClassResult] = []
+    bank, other = con.banks[0], con.banks[1]
+    inbox = work / "bank_inbox"
+
+    def expect(res: ClassResult, name: str, argv, code: str, exit_code: int) -> None:
+        rc, _, err = cli(*argv)
+        got = cli_error_code(err) if rc else "accepted"
+        res.record(name, f"{got} (exit {rc})", {f"{code} (exit {exit_code})"}, got == code and rc == exit_code)
+
+    def seal_args(key: Path, att: Path, policy: Path, who: str = bank):
+        return ["seal", "--bank", who, "--key", key, "--attestation", att, "--policy", policy,
+                "--sequence", "999", batch_file, "--out", inbox]
+
+    # loose key permissions: seal refuses (exit 2, key_file)
+    kf = ClassResult("key_file", "bank")
+    for mode in (0o644, 0o640, 0o604, 0o666):
+        loose = work / f"loose_{mode:o}" / f"{bank}.key"
+        loose.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(con.key_path(bank), loose)
+        os.chmod(loose, mode)
+        expect(kf, f"mode_{mode:04o}", seal_args(loose, con.attestation, con.policy), "key_file", 2)
+    expect(kf, "other_banks_key", seal_args(con.key_path(other), con.attestation, con.policy), "key_file", 2)
+    expect(kf, "missing_key", seal_args(work / "nope.key", con.attestation, con.policy), "key_file", 2)
+    out.append(kf)
+
+    # attestation: stale (enclave re-initialised), altered, or outside the pinned policy
+    att = ClassResult("attestation", "bank")
+    expect(att, "stale_attestation_new_policy",
+           seal_args(con.key_path(bank), stale_dir / "attestation.json", con.policy), "attestation", 3)
+    doc = json.loads(con.attestation.read_text())
+    key_hex = doc["statement"]["enclave_x25519"]
+    doc["statement"]["enclave_x25519"] = ("0" if key_hex[0] != "0" else "1") + key_hex[1:]
+    swapped = work / "swapped_key_attestation.json"
+    swapped.write_text(json.dumps(doc))
+    expect(att, "enclave_key_swapped", seal_args(con.key_path(bank), swapped, con.policy), "attestation", 3)
+    policy = json.loads(con.policy.read_text())
+    policy["allowed_measurements"] = ["00" * 32]
+    other_policy = work / "other_measurement_policy.json"
+    other_policy.write_text(json.dumps(policy))
+    expect(att, "measurement_not_pinned", seal_args(con.key_path(bank), con.attestation, other_policy),
+           "attestation", 3)
+    out.append(att)
+
+    # alert files: opened by the wrong bank, altered, cut short
+    from aml.enclave.identity import seal_alerts
+    import pyarrow as pa
+
+    from aml.schema import ALERT_SCHEMA
+
+    alerts = pa.Table.from_pylist([], schema=ALERT_SCHEMA)
+    keys = con.enclave_keys()
+    sealed = seal_alerts(alerts, bank, con.pair(bank).public, keys, "attackrun", 1, {})
+    files = work / "alert_files"
+    files.mkdir(parents=True, exist_ok=True)
+    variants = {
+        "genuine_other_bank": (sealed, other, "wrong_recipient", 3),
+        "bit_flip": (C.flip_bit(sealed, len(sealed) // 2), bank, "bad_signature", 3),
+        "truncated": (sealed[:-10], bank, "truncated", 3),
+        "appended": (sealed + b"\x00", bank, "trailing_data", 3),
+    }
+    al = ClassResult("alert_file", "bank")
+    for name, (data, who, code, exit_code) in variants.items():
+        path = files / f"{name}.amla"
+        path.write_bytes(data)
+        expect(al, name, ["open", "--bank", who, "--key", con.key_path(who), "--attestation", con.attestation,
+                          path, "--out", work / f"{name}.jsonl"], code, exit_code)
+    (files / "genuine.amla").write_bytes(sealed)
+    rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), "--attestation", con.attestation,
+                     files / "genuine.amla", "--out", work / "genuine.jsonl")
+    al.record("genuine_own_bank", "accepted" if rc == 0 else cli_error_code(err), {"accepted"}, rc == 0)
+    out.append(al)
+    return out
+
+
+def stale_batch(con: Consortium, batch_file: Path, work: Path, bank: str, sequence: int) -> tuple[Path, Path]:
+    """Seal a batch to the current enclave, keep its attestation, then re-initialise the enclave
+    (rotating its keys). Returns (the stale sealed file, the directory with the old attestation)."""
+    stale_dir = work / "stale_attestation"
+    stale_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(con.attestation, stale_dir / "attestation.json")
+    shutil.copy(con.policy, stale_dir / "policy.json")
+    sealed = con.seal_cli(bank, batch_file, work / "stale_sealed", sequence,
+                          attestation=stale_dir / "attestation.json", policy=stale_dir / "policy.json")
+    time.sleep(0.01)
+    con.init_enclave(force=True)
+    return sealed, stale_dir

@@ -1,0 +1,343 @@
+"""The consortium flow: orchestration only. Passes references, hashes and counts; never rows.
+
+    outside (flow process)                 inside (EnclaveTaskRunner worker)     outside again
+    discover *.amlb, read headers,   ──▶   unseal + validate each batch,   ──▶   move sealed alert files to
+    check signature, membership,           merge + reconcile, history,           OUTBOX/<bank>/<run_id>.amla,
+    recipient, expiry, sequence;           detect, seal one alert file per       record batches + new history
+    quarantine failures                    member bank, write new history        in the ledger (one transaction)
+
+The run id is derived from the hashes of the batches the run processes, so a rerun after a
+crash at any step processes the same batches under the same run id, overwrites the same
+outbox files with the same alerts and commits exactly once.
+
+Test hook: AML_CRASH_AT=<step> makes the flow process exit at once (os._exit, like SIGKILL) at
+that step: verified, unsealed, detected, delivered, committed. For crash-recovery tests only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aml.prefect_env  # noqa: F401  (project settings before prefect is imported)
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from aml.enclave.runner import EnclaveTaskRunner
+from aml.enclave.tasks import detect_and_seal, unseal_batch
+from aml.enclave.workarea import remove_stale_work_areas, work_area
+from aml.errors import (
+    AmlError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError, ReplayError,
+)
+from aml.ledger import BatchRecord, Ledger, run_lock, state_dir
+
+QUARANTINE_DIR = "quarantine"
+BATCH_SUFFIX = ".amlb"
+ALERT_SUFFIX = ".amla"
+CRASH_STEPS = ("verified", "unsealed", "detected", "delivered", "committed")
+ARTIFACT_SUMMARY_KEY = "consortium-run-summary"
+ARTIFACT_BATCHES_KEY = "consortium-run-batches"
+
+
+def history_window_days() -> float:
+    """History window in days: AML_HISTORY_DAYS, default 30."""
+    from aml.enclave.history import DEFAULT_WINDOW_DAYS
+
+    return float(os.environ.get("AML_HISTORY_DAYS", DEFAULT_WINDOW_DAYS))
+
+
+def _crash_point(step: str) -> None:
+    if os.environ.get("AML_CRASH_AT") == step:
+        os._exit(137)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Candidate:
+    """One inbox file: what the operator may see anyway (header fields, hash)."""
+
+    file: str
+    sha256: str
+    bank: str | None = None
+    batch_id: str | None = None
+    sequence: int | None = None
+    rows: int | None = None
+    status: str = "pending"  # accepted | rejected | skipped
+    code: str | None = None
+    quarantined: int = 0  # rows the enclave quarantined (count only)
+    reasons: dict = field(default_factory=dict)
+
+
+def _copy_atomically(src: Path, dst: Path) -> None:
+    """Copy then rename in the destination directory: readers see the whole file or none."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)
+
+
+def _quarantine(inbox: Path, c: Candidate, exc: AmlError) -> None:
+    """Move a rejected file to INBOX/quarantine/ with a reason file (code + message, no data)."""
+    qdir = inbox / QUARANTINE_DIR
+    qdir.mkdir(exist_ok=True)
+    src = inbox / c.file
+    if src.exists():
+        os.replace(src, qdir / c.file)
+    reason = {"file": c.file, "sha256": c.sha256, "bank": c.bank, "batch_id": c.batch_id,
+              "code": exc.code, "message": str(exc), "time": int(time.time())}
+    (qdir / f"{c.file}.reason.json").write_text(json.dumps(reason, indent=1, sort_keys=True) + "\n")
+    c.status, c.code = "rejected", exc.code
+
+
+def _enclave_key_id(enclave_dir: Path) -> str | None:
+    """The enclave key id the attestation publishes (batches must be sealed to it)."""
+    try:
+        doc = json.loads((enclave_dir / "attestation.json").read_text())
+        return doc.get("statement", {}).get("enclave_key_id")
+    except (OSError, ValueError):
+        return None
+
+
+@task(persist_result=False, cache_policy=NO_CACHE, log_prints=False)
+def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
+    """Outside the enclave, no keys, no plaintext: check every sealed batch in the inbox and
+    quarantine the failures. Returns one record per file (header fields, hash, status)."""
+    from aml.crypto.container import check_sequence, read_header, verify_sender
+    from aml.enclave.identity import load_members
+
+    edir, inbox_dir = Path(enclave_dir), Path(inbox)
+    members = load_members(edir)
+    enclave_key = _enclave_key_id(edir)
+    now = int(time.time())
+    candidates: list[tuple[Candidate, object]] = []
+    out: list[Candidate] = []
+    with Ledger(edir) as ledger:
+        for path in sorted(inbox_dir.glob(f"*{BATCH_SUFFIX}")):
+            if not path.is_file():
+                continue
+            c = Candidate(file=path.name, sha256=_sha256(path))
+            out.append(c)
+            try:
+                header = read_header(path)
+                c.bank, c.batch_id, c.sequence, c.rows = header.sender, header.batch_id, header.sequence, header.row_count
+                if header.kind != "batch":
+                    raise FormatError("not a batch file (kind is not 'batch')", batch_id=header.batch_id)
+                if header.sender not in members:
+                    raise MembershipError("the sender is not a consortium member", batch_id=header.batch_id)
+                verify_sender(path, members[header.sender], expected_recipient="enclave")
+                if enclave_key and header.recipient_key_id != enclave_key:
+                    from aml.errors import WrongRecipientError
+
+                    raise WrongRecipientError("sealed to another enclave key than the attested one",
+                                              batch_id=header.batch_id)
+                seen = ledger.batch_by_id(header.batch_id)
+                if seen is not None and seen.sha256 == c.sha256:
+                    c.status, c.code = "skipped", "already_processed"
+                    continue
+                if seen is not None or ledger.has_hash(c.sha256):
+                    raise ReplayError("this batch id was already processed with other contents",
+                                      batch_id=header.batch_id)
+                if header.expires < now:
+                    raise ExpiredError("the batch expired before it was processed", batch_id=header.batch_id)
+                candidates.append((c, header))
+            except AmlError as exc:
+                ledger.record_rejection(c.file, c.sha256, c.bank, exc.code)
+                _quarantine(inbox_dir, c, exc)
+        # Sequence numbers: strictly above the last accepted, per bank, in sequence order.
+        last: dict[str, int | None] = {}
+        for c, header in sorted(candidates, key=lambda ch: (ch[0].bank, ch[0].sequence, ch[0].file)):
+            if c.bank not in last:
+                last[c.bank] = ledger.last_sequence(c.bank)
+            try:
+                check_sequence(header, last[c.bank])
+            except AmlError as exc:
+                ledger.record_rejection(c.file, c.sha256, c.bank, exc.code)
+                _quarantine(inbox_dir, c, exc)
+                continue
+            last[c.bank] = header.sequence
+            c.status = "accepted"
+    return [asdict(c) for c in out]
+
+
+def run_id_for(batch_hashes: list[str]) -> str:
+    """Deterministic: the same batches always make the same run id."""
+    return "run-" + hashlib.sha256("\n".join(sorted(batch_hashes)).encode()).hexdigest()[:24]
+
+
+@task(persist_result=False, cache_policy=NO_CACHE, log_prints=False)
+def deliver_and_commit(enclave_dir: str, outbox: str, run_id: str, sealed: dict,
+                       batches: list[dict], summary: dict) -> dict:
+    """Outside again: move the sealed alert files to OUTBOX/<bank>/<run_id>.amla, then record the
+    run's batches and new history in the ledger, all or nothing. Handles ciphertext only."""
+    from aml.enclave.history import history_file_name
+
+    edir = Path(enclave_dir)
+    for bank, ref in sealed["alerts"].items():
+        src = Path(ref["path"])
+        if _sha256(src) != ref["sha256"]:
+            raise InternalError("a sealed alert file changed between the enclave and delivery")
+        _copy_atomically(src, Path(outbox) / bank / f"{run_id}{ALERT_SUFFIX}")
+    history_name = history_file_name(run_id)
+    _copy_atomically(Path(sealed["history"]["path"]), state_dir(edir) / history_name)
+    _crash_point("delivered")
+    records = [BatchRecord(b["batch_id"], b["bank"], b["sequence"], b["sha256"], b["rows"]) for b in batches]
+    with Ledger(edir) as ledger:
+        seq = ledger.commit_run(run_id, records, history_name, summary)
+    _crash_point("committed")
+    # Older history files are superseded (the ledger names the current one).
+    for old in state_dir(edir).glob("history-*.aes"):
+        if old.name != history_name:
+            old.unlink(missing_ok=True)
+    return {"run_sequence": seq, "history": history_name}
+
+
+def _publish(summary: dict, candidates: list[dict]) -> None:
+    """Prefect artifacts (with keys, so they show on the Artifacts page): counts only."""
+    table = [{"file": c["file"], "bank": c["bank"] or "?", "sequence": c["sequence"], "status": c["status"],
+              "reason": c["code"] or "", "rows_in_header": c["rows"], "rows_quarantined": c["quarantined"]}
+             for c in candidates]
+    create_table_artifact(table=table or [{"file": "", "status": "no batches"}], key=ARTIFACT_BATCHES_KEY,
+                          description="Sealed batches in this run: status and reason codes (no data).")
+    lines = [f"# Consortium run `{summary['run_id'] or 'none'}`", "",
+             "| what | count |", "|---|---|"]
+    for k in ("accepted", "rejected", "skipped", "rows", "rows_quarantined", "cross_bank",
+              "conflicts", "alerts"):
+        lines.append(f"| {k.replace('_', ' ')} | {summary.get(k, 0)} |")
+    if summary.get("patterns"):
+        lines += ["", "## Alerts per typology (all banks together)", "", "| pattern | alerts |", "|---|---|"]
+        lines += [f"| {p} | {n} |" for p, n in sorted(summary["patterns"].items())]
+    if summary.get("rejections"):
+        lines += ["", "## Rejected batches per bank", "", "| bank | reason | batches |", "|---|---|---|"]
+        lines += [f"| {r['bank']} | {r['code']} | {r['n']} |" for r in summary["rejections"]]
+    if summary.get("millis"):
+        lines += ["", "## Stage durations", "", "| stage | ms |", "|---|---|"]
+        lines += [f"| {s} | {ms} |" for s, ms in summary["millis"].items()]
+    create_markdown_artifact(markdown="\n".join(lines), key=ARTIFACT_SUMMARY_KEY,
+                             description="Counts only: no transaction data ever appears here.")
+
+
+def _rejections(candidates: list[dict]) -> list[dict]:
+    counts: dict[tuple[str, str], int] = {}
+    for c in candidates:
+        if c["status"] == "rejected":
+            key = (c["bank"] or "?", c["code"] or "?")
+            counts[key] = counts.get(key, 0) + 1
+    return [{"bank": b, "code": code, "n": n} for (b, code), n in sorted(counts.items())]
+
+
+def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
+    edir = Path(enclave_dir)
+    millis: dict[str, int] = {}
+    with run_lock(edir):
+        remove_stale_work_areas(edir)
+        start = time.perf_counter()
+        candidates = verify_inbox(enclave_dir, inbox)
+        millis["verify"] = int((time.perf_counter() - start) * 1000)
+        accepted = [c for c in candidates if c["status"] == "accepted"]
+        summary: dict = {"run_id": None, "accepted": 0, "rows": 0, "rows_quarantined": 0, "alerts": 0,
+                         "patterns": {}, "outbox": {}, "millis": millis}
+        if accepted:
+            _crash_point("verified")
+            with Ledger(edir) as ledger:
+                run_sequence = ledger.next_run_sequence()
+                history_name = ledger.current_history()
+            history_file = str(Path(edir) / "state" / history_name) if history_name else None
+            history_run = history_name[len("history-"):-len(".aes")] if history_name else None
+            work_name = run_id_for([c["sha256"] for c in accepted])
+            with work_area(edir, work_name) as work:
+                start = time.perf_counter()
+                futures = [(c, unseal_batch.submit(enclave_dir=enclave_dir, batch_file=str(Path(inbox) / c["file"]),
+                                                   bank=c["bank"], batch_id=c["batch_id"], work_dir=str(work)))
+                           for c in accepted]
+                unsealed = []
+                for c, fut in futures:
+                    try:
+                        res = fut.result()
+                    except EnclaveTaskError as exc:
+                        ok = dict(c)
+                        cand = Candidate(**ok)
+                        with Ledger(edir) as ledger:
+                            ledger.record_rejection(cand.file, cand.sha256, cand.bank, exc.cause_code)
+                        _quarantine(Path(inbox), cand, _coded(exc))
+                        c.update(status="rejected", code=exc.cause_code)
+                        continue
+                    c.update(quarantined=res["quarantined"], reasons=res["reasons"])
+                    unsealed.append((c, res))
+                millis["unseal"] = int((time.perf_counter() - start) * 1000)
+                _crash_point("unsealed")
+                if unsealed:
+                    run_id = run_id_for([c["sha256"] for c, _ in unsealed])
+                    provenance = {"run_id": run_id, "batches": sorted(c["batch_id"] for c, _ in unsealed),
+                                  "batch_sha256": sorted(c["sha256"] for c, _ in unsealed)}
+                    start = time.perf_counter()
+                    sealed = detect_and_seal.submit(
+                        enclave_dir=enclave_dir, work_dir=str(work), run_id=run_id, run_sequence=run_sequence,
+                        batches=[{"bank": r["bank"], "batch_id": r["batch_id"], "path": r["path"]} for _, r in unsealed],
+                        history_file=history_file, history_run_id=history_run,
+                        window_days=history_window_days(), provenance=provenance,
+                    ).result()
+                    millis["enclave_detect"] = int((time.perf_counter() - start) * 1000)
+                    millis.update({f"inside_{k}": v for k, v in sealed["millis"].items()})
+                    _crash_point("detected")
+                    summary.update(
+                        run_id=run_id, accepted=len(unsealed),
+                        rows=sum(r["rows"] for _, r in unsealed),
+                        rows_quarantined=sum(r["quarantined"] for _, r in unsealed),
+                        cross_bank=sealed["merge"]["cross_bank"], conflicts=sealed["merge"]["conflicts"],
+                        history_rows=sealed["history"]["rows"],
+                        patterns=sealed["patterns"], alerts=sum(sealed["patterns"].values()),
+                        outbox={b: str(Path(outbox) / b / f"{run_id}{ALERT_SUFFIX}") for b in sealed["alerts"]},
+                        model_hash=sealed["model_hash"], config_hash=sealed["config_hash"],
+                    )
+                    start = time.perf_counter()
+                    batches = [{"batch_id": c["batch_id"], "bank": c["bank"], "sequence": c["sequence"],
+                                "sha256": c["sha256"], "rows": r["rows"]} for c, r in unsealed]
+                    ledger_summary = {k: summary[k] for k in ("accepted", "rows", "rows_quarantined", "alerts", "patterns")}
+                    deliver_and_commit(enclave_dir, outbox, run_id, sealed, batches, ledger_summary)
+                    millis["deliver_commit"] = int((time.perf_counter() - start) * 1000)
+        summary["rejected"] = sum(c["status"] == "rejected" for c in candidates)
+        summary["skipped"] = sum(c["status"] == "skipped" for c in candidates)
+        summary["rejections"] = _rejections(candidates)
+        summary["batches"] = candidates
+        _publish(summary, candidates)
+        return summary
+
+
+def _coded(exc: EnclaveTaskError) -> AmlError:
+    """An error for the quarantine reason file: the code from inside, a message without data."""
+    err = AmlError(f"rejected inside the enclave: {exc.cause_code}", batch_id=exc.batch_id)
+    err.code = exc.cause_code
+    return err
+
+
+@flow(name="consortium-run", task_runner=EnclaveTaskRunner(), persist_result=False, log_prints=False)
+def consortium_run(enclave_dir: str, inbox: str, outbox: str) -> dict:
+    """One consortium run over the sealed batches in INBOX. Parameters are paths only."""
+    failure: AmlError | None = None
+    try:
+        return _run(enclave_dir, inbox, outbox)
+    except AmlError as exc:
+        failure = exc
+    except Exception as exc:  # its message may hold anything: keep only the type name
+        failure = InternalError(f"consortium run failed: unexpected {type(exc).__name__}")
+    # Raised outside the handler, with the chain cut: Prefect pickles a failed flow's exception
+    # into its storage and shows its text in the UI, so only the coded, data-free error goes.
+    failure.__cause__ = failure.__context__ = None
+    failure.__traceback__ = None
+    raise failure
