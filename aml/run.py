@@ -33,6 +33,8 @@ def format_summary(summary: dict) -> str:
         lines.append(
             f"no new batches to process: {summary['rejected']} rejected, {summary['skipped']} skipped (already processed)"
         )
+    if summary.get("millis"):
+        lines.append("stage durations (ms): " + ", ".join(f"{k} {v}" for k, v in summary["millis"].items()))
     for c in summary.get("batches", []):
         if c["status"] == "rejected":
             lines.append(f"rejected {c['file']}: {c['code']} (moved to quarantine/)")

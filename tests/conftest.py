@@ -79,3 +79,72 @@ def prefect_env_vars(prefect_server, monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", url)
     monkeypatch.setenv("PREFECT_HOME", str(home))
     return {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
+
+
+# --- a small consortium, built through the CLI (used by the end-to-end and leak tests) ------
+E2E_BANKS = ["B01", "B02", "B03"]
+
+
+def aml_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `aml ARGS...` in a fresh process, like an operator or a bank would."""
+    return subprocess.run([sys.executable, "-m", "aml.cli", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def small_table():
+    """The last 3 days of sample_data, the last 1.5 of them unlabelled (new): quick to detect on."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from aml.demo import unlabel_recent
+
+    path = ROOT / "sample_data" / "transactions.parquet"
+    if not path.is_file():
+        pytest.skip("sample_data/transactions.parquet is missing")
+    t = pq.read_table(path)
+    latest = pc.max(t["timestamp"]).as_py()
+    cutoff = pa.scalar(latest - datetime.timedelta(days=3), t.schema.field("timestamp").type)
+    return unlabel_recent(t.filter(pc.greater(t["timestamp"], cutoff)), 1.5)
+
+
+def build_consortium(table, workdir: Path, banks: list[str] = E2E_BANKS) -> dict[str, Path]:
+    """Bank keys, an initialised enclave and one sealed batch per bank, all through the CLI."""
+    import pyarrow.parquet as pq
+
+    from aml.split import split_table
+
+    p = {n: workdir / n for n in ("keys", "banks", "enclave", "inbox", "outbox", "alerts")}
+    for d in p.values():
+        d.mkdir(parents=True, exist_ok=True)
+    for bank in banks:
+        r = aml_cli("keygen", "--bank", bank, "--out", p["keys"])
+        assert r.returncode == 0, r.stderr
+    r = aml_cli("enclave", "init", "--dir", p["enclave"], "--members", p["keys"])
+    assert r.returncode == 0, r.stderr
+    for bank, part in split_table(table, banks).items():
+        pq.write_table(part, p["banks"] / f"{bank}.parquet")
+        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
+                    "--attestation", p["enclave"] / "attestation.json", p["banks"] / f"{bank}.parquet",
+                    "--out", p["inbox"])
+        assert r.returncode == 0, r.stderr
+    return p
+
+
+def open_all(p: dict[str, Path], banks: list[str] = E2E_BANKS) -> dict:
+    """Each bank opens every alert file in its outbox folder; returns bank -> alert rows."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for bank in banks:
+        sealed = sorted((p["outbox"] / bank).glob("*.amla"))
+        assert sealed, f"no alert file for {bank}"
+        dest = p["alerts"] / f"{bank}.parquet"
+        r = aml_cli("open", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
+                    "--attestation", p["enclave"] / "attestation.json", *sealed, "--out", dest)
+        assert r.returncode == 0, r.stderr
+        out[bank] = pq.read_table(dest).to_pylist()
+    return out

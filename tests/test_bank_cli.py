@@ -195,3 +195,29 @@ def test_bank_commands_do_not_import_prefect():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_open_refuses_alert_rows_for_another_bank(world, capsys):
+    data = seal_alerts(alerts("B02", 1), "B01", load_members(world / "enc")["B01"], load_enclave_keys(world / "enc"),
+                       run_id="run1", sequence=1, provenance={})
+    path = world / "mixed.amla"
+    path.write_bytes(data)
+    assert main(open_args(world, world / "a.jsonl", path)) == 3
+    assert "another bank" in capsys.readouterr().err
+
+
+def test_explicit_sequence(world, capsys):
+    assert main(seal_args(world, "B01", "--sequence", "7")) == 0
+    assert (world / "keys" / "B01.seq").read_text().strip() == "7"
+    assert main(seal_args(world, "B01", "--sequence", "3")) == 0
+    assert "not above the last sealed 7" in capsys.readouterr().err
+    assert (world / "keys" / "B01.seq").read_text().strip() == "7"
+    assert main(seal_args(world)) == 0
+    assert sorted(read_header(f).sequence for f in (world / "inbox").glob("*.amlb")) == [3, 7, 8]
+
+
+def test_open_refuses_a_batch_file(world, capsys):
+    assert main(seal_args(world)) == 0
+    batch = next((world / "inbox").glob("*.amlb"))
+    assert main(open_args(world, world / "a.jsonl", batch)) == 3
+    assert "not an alerts file from the enclave (kind 'batch', sender 'B01')" in capsys.readouterr().err

@@ -401,3 +401,33 @@ def test_provenance_must_be_plain_json():
     with pytest.raises(BadInputError, match="provenance"):
         header(provenance={"x": float("nan")})
     assert header(provenance={"inputs": [{"bank": "B01", "sha256": "00"}], "simulated": True}).provenance["simulated"]
+
+
+def test_seal_file_from_memory(tmp_path):
+    payload = os.urandom(3000)
+    dst = seal_file(payload, tmp_path / "m.amlb", header(), ENCLAVE.public, BANK)
+    assert unseal(dst)[1] == payload
+    assert [p.name for p in tmp_path.iterdir()] == ["m.amlb"]
+
+
+def test_seal_file_missing_source(tmp_path):
+    with pytest.raises(BadInputError, match="does not exist"):
+        seal_file(tmp_path / "none", tmp_path / "m.amlb", header(), ENCLAVE.public, BANK)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("where", ["chunk", "commitment", "tail"])
+def test_tampered_files_on_disk_raise_cleanly(tmp_path, where):
+    """Files are memory-mapped: failures deep in decryption must still unmap and raise the
+    verification error, not a BufferError."""
+    sealed = seal()
+    lay = layout(sealed)
+    at = {"chunk": lay["chunks"][2][0], "commitment": lay["commitment"][0]}.get(where)
+    data = resign(flip(sealed, at)) if at is not None else sealed + b"x"
+    path = tmp_path / "t.amlb"
+    path.write_bytes(data)
+    with pytest.raises(VerificationError):
+        open_bytes(path, ENCLAVE, BANK.public, "enclave", now=NOW)
+    with pytest.raises(VerificationError):
+        open_file(path, tmp_path / "out.bin", ENCLAVE, BANK.public, "enclave", now=NOW)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.amlb"]

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from aml.bank.seal import load_member_key, verified_enclave
-from aml.crypto.container import ENCLAVE, open_bytes, parquet_to_table
+from aml.crypto.container import ENCLAVE, open_bytes, parquet_to_table, read_header
 from aml.errors import BadInputError, FormatError
 
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
@@ -48,6 +48,7 @@ def open_alerts(bank: str, key: Path, attestation: Path, sealed: list[Path], out
                 policy: Path | None = None, show: bool = False) -> int:
     """Verify and decrypt `sealed` alert files for `bank` into OUT; returns the alert count."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from aml.schema import ALERT_SCHEMA
 
@@ -62,12 +63,16 @@ def open_alerts(bank: str, key: Path, attestation: Path, sealed: list[Path], out
 
     tables = []
     for path in sealed:
+        claimed = read_header(Path(path))  # unauthenticated: only to refuse the wrong kind of file clearly
+        if claimed.kind != "alerts" or claimed.sender != ENCLAVE:
+            raise FormatError(f"'{Path(path).name}' is not an alerts file from the enclave "
+                              f"(kind '{claimed.kind}', sender '{claimed.sender}')", batch_id=claimed.batch_id)
         header, payload = open_bytes(Path(path), pair, enclave.ed25519_public, expected_recipient=bank)
-        if header.kind != "alerts" or header.sender != ENCLAVE:
-            raise FormatError(f"'{Path(path).name}' is not an alerts file from the enclave", batch_id=header.batch_id)
         table = parquet_to_table(payload, ALERT_SCHEMA)
         if table.num_rows != header.row_count:
             raise FormatError(f"'{Path(path).name}': row count does not match the header", batch_id=header.batch_id)
+        if table.num_rows and not pc.all(pc.equal(table["bank"], bank)).as_py():
+            raise FormatError(f"'{Path(path).name}' holds alerts addressed to another bank", batch_id=header.batch_id)
         tables.append(table)
     alerts = pa.concat_tables(tables)
 

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from aml.crypto.attestation import AttestedEnclave, verify_attestation
-from aml.crypto.container import ENCLAVE, Header, seal_bytes, table_to_parquet
+from aml.crypto.container import ENCLAVE, Header, seal_file, table_to_parquet
 from aml.crypto.keys import BankKeyPair, PublicKeys, check_bank_id, load_keypair
 from aml.errors import BadInputError, KeyFileError, MembershipError
 
@@ -98,6 +98,9 @@ def seal(bank: str, key: Path, attestation: Path, file: Path, inbox: Path, polic
         sequence = last + 1
     elif sequence < 1:
         raise BadInputError("--sequence must be at least 1")
+    elif sequence <= last:
+        print(f"aml: warning: sequence {sequence} is not above the last sealed {last}; "
+              "the enclave rejects it unless it never accepted the higher ones", file=sys.stderr)
 
     table = _read_batch(Path(file), bank)
     enclave_keys = PublicKeys.from_raw(enclave.x25519_public, enclave.ed25519_public, ENCLAVE)
@@ -108,11 +111,10 @@ def seal(bank: str, key: Path, attestation: Path, file: Path, inbox: Path, polic
         row_count=table.num_rows, recipient_key_id=enclave_keys.key_id, sender_key_id=pair.key_id,
         provenance={},
     )
-    sealed = seal_bytes(table_to_parquet(table, TRANSACTION_SCHEMA), header, enclave_keys, pair)
     inbox = Path(inbox)
     inbox.mkdir(parents=True, exist_ok=True)
     out = inbox / f"{bank}-{sequence:08d}-{header.batch_id}.amlb"
-    _write_atomically(out, sealed)
+    seal_file(table_to_parquet(table, TRANSACTION_SCHEMA), out, header, enclave_keys, pair)
     if sequence > last:
         _write_atomically(seq_path, f"{sequence}\n".encode())
     return out

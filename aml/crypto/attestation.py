@@ -83,6 +83,12 @@ def _short(hex_value: object) -> str:
     return str(hex_value)[:16] + "..." if isinstance(hex_value, str) and len(hex_value) > 16 else str(hex_value)
 
 
+def _clip(value: object, limit: int = 80) -> str:
+    """A document value for an error message: whole when hash-sized, cut when not."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _raw32(value: object, what: str) -> bytes:
     try:
         raw = bytes.fromhex(value) if isinstance(value, str) else b""
@@ -115,13 +121,14 @@ def check_policy_pins(statement: dict, policy: dict) -> None:
     allowed = policy.get("allowed_measurements") or []
     if measurement not in allowed:
         raise AttestationError(
-            f"attested measurement {measurement} is not allowed by the policy "
-            f"(pinned: {', '.join(map(str, allowed)) or 'none'})"
+            f"attested measurement {_clip(measurement)} is not allowed by the policy "
+            f"(pinned: {', '.join(map(_clip, allowed)) or 'none'})"
         )
     pinned = policy.get("membership_hash")
     if statement.get("membership_hash") != pinned:
         raise AttestationError(
-            f"attested membership hash {statement.get('membership_hash')} does not match the pinned {pinned}"
+            f"attested membership hash {_clip(statement.get('membership_hash'))} "
+            f"does not match the pinned {_clip(pinned)}"
         )
 
 
@@ -240,7 +247,8 @@ def verify_attestation(attestation_path: Path, policy_path: Path) -> AttestedEnc
         raise AttestationError(f"attestation is not an {ATTESTATION_FORMAT} document")
     if document.get("verifier") != policy["verifier"]:
         raise AttestationError(
-            f"attestation is for verifier '{_short(document.get('verifier'))}', the policy requires '{policy['verifier']}'"
+            f"attestation is for verifier '{_short(document.get('verifier'))}', "
+            f"the policy requires '{policy['verifier']}'"
         )
     result = get_verifier(policy["verifier"]).verify(document, policy, data)
     if result.verifier != policy["verifier"]:

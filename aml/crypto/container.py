@@ -229,6 +229,12 @@ def stream_length(payload_len: int, chunk_size: int) -> int:
     return payload_len + TAG_LEN * chunk_count(payload_len, chunk_size)
 
 
+def payload_length(data_len: int, pad: bool) -> int:
+    """Plaintext length: the 8-byte length prefix, the data, and Padmé padding if asked."""
+    length = LENGTH_PREFIX_LEN + data_len
+    return padme(length) if pad else length
+
+
 # --- sealing -----------------------------------------------------------------------------
 
 class _Plaintext:
@@ -271,9 +277,7 @@ def _seal_stream(read_into, data_len: int, header: Header, recipient_x25519_publ
         raise BadInputError("header sender_key_id does not match the signing key")
 
     chunk_size = header.chunk_size
-    payload_len = LENGTH_PREFIX_LEN + data_len
-    if pad:
-        payload_len = padme(payload_len)
+    payload_len = payload_length(data_len, pad)
     header_bytes = header.to_bytes()
     header_hash = hashlib.sha256(header_bytes).digest()
     data_key = os.urandom(32)
@@ -301,34 +305,45 @@ def _seal_stream(read_into, data_len: int, header: Header, recipient_x25519_publ
     write(signer.sign(SIGNATURE_LABEL + header_bytes + body.digest()))
 
 
-def seal_bytes(payload: bytes, header: Header, recipient_x25519_public, sender, pad: bool = False) -> bytes:
-    """Seal `payload` to the recipient's X25519 key, signed by `sender` (a key pair or an
-    Ed25519 private key). `pad=True` pads to a Padmé bucket (alert files)."""
-    view = memoryview(payload).cast("B")
+def _memory_reader(view: memoryview) -> Callable[[memoryview], int]:
     pos = 0
 
     def read_into(buf: memoryview) -> int:
         nonlocal pos
-        n = len(buf)
-        buf[:] = view[pos : pos + n]
+        n = min(len(buf), len(view) - pos)
+        buf[:n] = view[pos : pos + n]
         pos += n
         return n
 
-    out = io.BytesIO()
-    _seal_stream(read_into, len(view), header, recipient_x25519_public, sender, pad, out.write)
+    return read_into
+
+
+def seal_bytes(payload: bytes, header: Header, recipient_x25519_public, sender, pad: bool = False) -> bytes:
+    """Seal `payload` to the recipient's X25519 key, signed by `sender` (a key pair or an
+    Ed25519 private key). `pad=True` pads to a Padmé bucket (alert files)."""
+    view = memoryview(payload).cast("B")
+    out = io.BytesIO()  # getvalue() hands over its buffer without a copy
+    _seal_stream(_memory_reader(view), len(view), header, recipient_x25519_public, sender, pad, out.write)
     return out.getvalue()
 
 
-def seal_file(src: Path, dst: Path, header: Header, recipient_x25519_public, sender, pad: bool = False) -> Path:
-    """Seal the file `src` into `dst`, streamed; `dst` appears only when complete."""
-    src, dst = Path(src), Path(dst)
+def seal_file(src, dst: Path, header: Header, recipient_x25519_public, sender, pad: bool = False) -> Path:
+    """Seal `src` (a file path, or bytes already in memory) into the file `dst`, streamed
+    chunk by chunk; `dst` appears (atomically renamed from `dst.tmp`) only when complete."""
+    dst = Path(dst)
     tmp = dst.with_name(dst.name + ".tmp")
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            data_len = os.fstat(fin.fileno()).st_size
-            _seal_stream(fin.readinto, data_len, header, recipient_x25519_public, sender, pad, fout.write)
-            if fin.read(1):
-                raise BadInputError("input file grew while it was being sealed")
+        with open(tmp, "wb") as fout:
+            if isinstance(src, (bytes, bytearray, memoryview)):
+                view = memoryview(src).cast("B")
+                _seal_stream(_memory_reader(view), len(view), header, recipient_x25519_public, sender, pad,
+                             fout.write)
+            else:
+                with open(src, "rb") as fin:
+                    data_len = os.fstat(fin.fileno()).st_size
+                    _seal_stream(fin.readinto, data_len, header, recipient_x25519_public, sender, pad, fout.write)
+                    if fin.read(1):
+                        raise BadInputError("input file grew while it was being sealed")
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, dst)
@@ -374,6 +389,8 @@ def _source(path_or_bytes) -> Iterator[memoryview]:
         raise BadInputError(f"sealed file '{path_or_bytes}' does not exist") from None
     except IsADirectoryError:
         raise BadInputError(f"'{path_or_bytes}' is a directory, not a sealed file") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read sealed file '{path_or_bytes}' ({exc.strerror})") from None
     with f:
         if os.fstat(f.fileno()).st_size == 0:
             yield memoryview(b"")
@@ -573,6 +590,8 @@ def open_file(src: Path, dst: Path, recipient_x25519_private, sender_ed25519_pub
             with open(tmp, "wb") as fout:
                 _decrypt_chunks(frame, aead, _Unpadder(frame.payload_len, fout.write, frame.header.batch_id))
             os.replace(tmp, dst)
+        except FileNotFoundError:
+            raise BadInputError(f"output directory '{dst.parent}' does not exist") from None
         finally:
             tmp.unlink(missing_ok=True)
         return frame.header

@@ -155,11 +155,12 @@ def cut_alerts(graph, instances: list[PatternInstance], banks: list[str], *,
     run_key = placeholder_key if placeholder_key is not None else secrets.token_bytes(32)
     member = set(banks)
     rows: dict[str, list[dict]] = defaultdict(list)
+    emitted: set[str] = set()  # the same edges under one pattern are one alert, not two
     txn_id_col = graph.edges["txn_id"].to_numpy()
     src_bank_col = graph.edges["src_bank"].to_numpy()
     dst_bank_col = graph.edges["dst_bank"].to_numpy()
     submitted_col = graph.edge_banks_submitted
-    for inst in instances:
+    for inst in sorted(instances, key=lambda i: -i.score):
         e = np.asarray(inst.edge_idx, dtype=np.int64)
         if len(e) == 0:
             continue
@@ -181,6 +182,9 @@ def cut_alerts(graph, instances: list[PatternInstance], banks: list[str], *,
             if not accounts:
                 continue
             aid = alert_id(inst.pattern, all_txn, bank)
+            if aid in emitted:
+                continue
+            emitted.add(aid)
             key = hmac.new(run_key, aid.encode(), hashlib.sha256).digest()
             rows[bank].append({
                 "alert_id": aid,

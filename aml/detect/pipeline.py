@@ -112,14 +112,14 @@ def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
     alert_cfg = config.section("alerts")
     require_new = bool(alert_cfg.get("require_new_edge", True))
 
-    instances: list[PatternInstance] = []
+    found: list[PatternInstance] = []
     for detector in build_detectors(config):
-        found = merge_overlapping(detector.fit(graph).detect(graph))
-        if require_new:
-            found = [i for i in found if graph.is_new[i.edge_idx].any()]
-        instances.extend(found)
+        found.extend(merge_overlapping(detector.fit(graph).detect(graph)))
+    # The model sees every instance (history too: it trains on history edges); alerts are
+    # raised only for instances that contain a new payment.
+    instances = [i for i in found if graph.is_new[i.edge_idx].any()] if require_new else found
 
-    scores, model_hash = _score_with_model(graph, instances, config) if len(graph) else (None, NO_MODEL)
+    scores, model_hash = _score_with_model(graph, found, config)
     if scores is not None:
         covered = np.zeros(len(graph), dtype=bool)
         for inst in instances:

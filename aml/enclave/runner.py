@@ -27,6 +27,8 @@ import os
 import re
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -132,8 +134,22 @@ def _install_log_filter() -> None:
             handler.addFilter(log_filter)
 
 
+def _exit_with_parent(poll_seconds: float = 0.5) -> None:
+    """End this worker as soon as the flow process is gone (killed, crashed): an orphaned
+    worker would keep the keys in memory and hold its parent's pipes open."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="enclave-parent-watch", daemon=True).start()
+
+
 def initialize_enclave_worker() -> None:
     """Runs once in each worker process, after Prefect's own worker setup."""
+    _exit_with_parent()
     os.umask(0o077)
     _redirect_std_streams()
     _install_log_filter()

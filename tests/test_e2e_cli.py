@@ -1,0 +1,120 @@
+"""End to end through the CLI with real Prefect: keys, attestation, seal, run, open.
+
+Covers the per-bank privacy scope of alerts, idempotency, quarantine of a tampered batch with
+the rest processed, and a crash (SIGKILL-like exit) followed by a rerun giving the same alerts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+from conftest import E2E_BANKS, aml_cli, build_consortium, open_all
+
+pytestmark = pytest.mark.slow
+
+
+def _run(p, env, extra_env=None):
+    return aml_cli("run", "--enclave", p["enclave"], "--inbox", p["inbox"], "--outbox", p["outbox"],
+                   env={**env, **(extra_env or {})})
+
+
+def _ledger_batches(p) -> int:
+    with sqlite3.connect(p["enclave"] / "state" / "ledger.sqlite") as db:
+        return db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+
+
+def _alert_ids(alerts: dict) -> dict:
+    return {bank: sorted(a["alert_id"] for a in rows) for bank, rows in alerts.items()}
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory, small_table, prefect_server):
+    work = tmp_path_factory.mktemp("e2e")
+    p = build_consortium(small_table, work / "main")
+    crash = {k: work / "crash" / v.name for k, v in p.items()}
+    shutil.copytree(work / "main", work / "crash")  # untouched copy for the crash test
+    env = {"PREFECT_API_URL": prefect_server[0], "PREFECT_HOME": str(prefect_server[1])}
+    first = _run(p, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return {"p": p, "crash": crash, "env": env, "first": first, "alerts": open_all(p)}
+
+
+def test_run_gives_each_bank_alerts_about_its_own_accounts_only(consortium, small_table):
+    p, alerts = consortium["p"], consortium["alerts"]
+    assert "3 batches accepted" in consortium["first"].stdout
+    rows = small_table.to_pydict()
+    own_accounts = {b: set() for b in E2E_BANKS}
+    own_txns = {b: set() for b in E2E_BANKS}
+    for txn, sb, sa, db, da in zip(rows["txn_id"], rows["src_bank"], rows["src_account"],
+                                   rows["dst_bank"], rows["dst_account"]):
+        for bank, account in ((sb, sa), (db, da)):
+            if bank in own_accounts:
+                own_accounts[bank].add(account)
+                own_txns[bank].add(txn)
+    assert sum(len(a) for a in alerts.values()) > 0  # the scope check below must not be vacuous
+    for bank, rows_ in alerts.items():
+        assert len(list((p["outbox"] / bank).glob("*.amla"))) == 1
+        for alert in rows_:
+            assert alert["bank"] == bank
+            assert set(alert["accounts"]) <= own_accounts[bank]
+            assert set(alert["txn_ids"]) <= own_txns[bank]
+    # Plaintext is gone, history and ledger committed once.
+    assert list((p["enclave"] / "work").iterdir()) == []
+    assert len(list((p["enclave"] / "state").glob("history-*.aes"))) == 1
+    assert _ledger_batches(p) == 3
+
+
+def test_second_run_on_the_same_inbox_counts_nothing_twice(consortium):
+    p = consortium["p"]
+    again = _run(p, consortium["env"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "no new batches" in again.stdout and "3 skipped" in again.stdout
+    assert _ledger_batches(p) == 3
+    for bank in E2E_BANKS:
+        assert len(list((p["outbox"] / bank).glob("*.amla"))) == 1
+
+
+def test_tampered_batch_is_quarantined_and_the_others_processed(consortium):
+    p, env = consortium["p"], consortium["env"]
+    sealed = {}
+    for bank in ("B01", "B02"):
+        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
+                    "--attestation", p["enclave"] / "attestation.json", p["banks"] / f"{bank}.parquet",
+                    "--out", p["inbox"])
+        assert r.returncode == 0, r.stderr
+        sealed[bank] = sorted(p["inbox"].glob(f"{bank}-00000002-*.amlb"))[0]
+    data = bytearray(sealed["B02"].read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the ciphertext
+    sealed["B02"].write_bytes(bytes(data))
+
+    r = _run(p, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 batches accepted, 1 rejected" in r.stdout
+    qdir = p["inbox"] / "quarantine"
+    assert (qdir / sealed["B02"].name).is_file() and not sealed["B02"].exists()
+    reason = json.loads((qdir / f"{sealed['B02'].name}.reason.json").read_text())
+    assert reason["code"] in ("bad_signature", "tampered")
+    assert set(reason) == {"file", "sha256", "bank", "batch_id", "code", "message", "time"}
+    assert _ledger_batches(p) == 4
+    for bank in E2E_BANKS:  # every member gets a file every run, even with nothing in it
+        assert len(list((p["outbox"] / bank).glob("*.amla"))) == 2
+
+
+def test_crash_then_rerun_gives_the_same_alerts(consortium):
+    p, env = consortium["crash"], consortium["env"]
+    crashed = _run(p, env, {"AML_CRASH_AT": "delivered"})
+    assert crashed.returncode == 137
+    assert any((p["enclave"] / "work").iterdir())  # the kill left plaintext's work area behind
+    assert _ledger_batches(p) == 0
+
+    rerun = _run(p, env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "3 batches accepted" in rerun.stdout
+    assert list((p["enclave"] / "work").iterdir()) == []
+    assert _ledger_batches(p) == 3
+    assert len(list((p["enclave"] / "state").glob("history-*.aes"))) == 1
+    assert _alert_ids(open_all(p)) == _alert_ids(consortium["alerts"])
