@@ -75,13 +75,16 @@ def run_demo(workdir: Path | None = None) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    print("*" * 78)
-    print("* SIMULATED ATTESTATION: this demo runs the 'enclave' as an ordinary process.  *")
-    print("* Nothing here is confidential; real deployments attest a Hyper Protect image. *")
-    print("*" * 78)
+    banner = ["SIMULATED ATTESTATION: this demo runs the 'enclave' as an ordinary process.",
+              "Nothing here is confidential; real deployments attest a Hyper Protect image."]
+    width = max(map(len, banner)) + 4
+    print("*" * width)
+    for line in banner:
+        print(f"* {line.ljust(width - 4)} *")
+    print("*" * width)
 
     table = unlabel_recent(pq.read_table(sample_transactions()))
-    members = choose_members(table, MEMBERS)
+    members = sorted(choose_members(table, MEMBERS))
     print(f"consortium: {len(members)} member banks ({', '.join(members)}); "
           f"{table.num_rows} transactions, the last {NEW_DAYS} days unlabelled (new)")
     paths = prepare_consortium(table, members, workdir)

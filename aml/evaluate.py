@@ -108,9 +108,14 @@ def member_banks(transactions: pa.Table, n: int = DEFAULT_MEMBERS) -> list[str]:
     return sorted(c["values"] for c in counts[:n])
 
 
+def _labels(table: pa.Table) -> np.ndarray:
+    """label as float64, NaN where unknown."""
+    return table.column("label").cast(pa.float64()).fill_null(np.nan).to_numpy()
+
+
 def _detection_input(table: pa.Table, is_new: np.ndarray, members: list[str]) -> pa.Table:
     """Labels removed on new rows; `is_new`; `submitted_by` = member banks among src/dst."""
-    label = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
+    label = _labels(table)
     label = np.where(is_new, np.nan, label)
     out = table.set_column(table.schema.get_field_index("label"), "label",
                            pa.array(label, type=pa.float64(), from_pandas=True).cast(pa.int8()))
@@ -157,7 +162,7 @@ def evaluate(transactions: pa.Table, patterns: pa.Table, config, history_fractio
              silo: bool = True, members: list[str] | None = None) -> dict:
     """Run detection as the flow does and score it; see the module docstring for the split."""
     table, is_new, members, cut = time_split(transactions, history_fraction, members)
-    labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
+    labels = _labels(table)
     scored = pd.DataFrame({"txn_id": table.column("txn_id").to_numpy(zero_copy_only=False)[is_new],
                            "label": np.nan_to_num(labels[is_new], nan=0.0)})
     truth = patterns.select(PATTERN_TABLE_SCHEMA.names).to_pandas()

@@ -362,7 +362,6 @@ def _flow_runs(con, nights, first, stale, work, rng, quick, canary, runner: Runn
         res = results.setdefault(item["cls"], ClassResult(item["cls"], "flow"))
         res.record(item["name"][:40], got, item["expected"], got in item["expected"])
         res.others_processed = ok_delivery
-    attack_alerts = open_alert_sets(con, outbox, work / "opened" / "attack")
 
     # --- load: several nights, signed junk rows, replay, rollback, two runs at once --------------
     load = [sub.add("load", con.seal_cli(b, _night_file(nights, k, b, work), inbox, 1 + k).name, inbox, None,
@@ -429,10 +428,8 @@ def _flow_runs(con, nights, first, stale, work, rng, quick, canary, runner: Runn
     from flows.consortium import CRASH_STEPS
 
     steps = ("delivered",) if quick else CRASH_STEPS
-    crash = ClassResult("crash_recovery", "flow")
-    for step in steps:
-        _crash_case(con, first, work / "crash" / step, step, runner, attack_alerts, crash)
-    results[crash.cls] = crash
+    log(f"# flow: crash injection at {', '.join(steps)}", flush=True)
+    results["crash_recovery"] = crash_classes(con, first, work / "crash", steps, runner)
 
     # --- bookkeeping: nothing lost -------------------------------------------------------------
     ledger = ledger_batches(con.enclave_dir)
@@ -452,45 +449,83 @@ def _night_file(nights: Nights, k: int, bank: str, work: Path) -> Path:
     return write_batch(nights.nights[k][bank], work / "banks" / f"night{k}-{bank}.parquet")
 
 
-def _crash_case(con: Consortium, first: dict[str, Path], root: Path, step: str, runner: Runner,
-                reference: dict[str, set], res: ClassResult) -> None:
-    """A fresh enclave with the same members, the attack run's honest batches, killed at `step`,
-    rerun; then the alerts must equal the uninterrupted attack run's, each batch be recorded
-    once, and the work area be gone."""
-    enclave, inbox, outbox = root / "enclave", root / "inbox", root / "outbox"
+def _crash_template(con: Consortium, first: dict[str, Path], root: Path) -> tuple[Path, list[str]]:
+    """A fresh enclave (same members) with every bank's night-0 batch sealed into its inbox.
+    Copies of it share keys and batch files, so they make the same run id and the same alerts."""
+    enclave, inbox = root / "enclave", root / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     rc, _, err = cli("enclave", "init", "--dir", enclave, "--members", con.keys_dir)
     if rc:
-        res.record(step, f"enclave init failed: {err.strip()}", {"ok"}, False)
-        return
-    att = enclave / "attestation.json"
+        raise RuntimeError(f"enclave init failed: {err.strip()}")
     ids = []
     for bank in con.banks:
-        rc, out, err = cli("seal", "--bank", bank, "--key", con.key_path(bank), "--attestation", att,
-                           "--sequence", "1", first[bank], "--out", inbox)
+        rc, out, err = cli("seal", "--bank", bank, "--key", con.key_path(bank), "--attestation",
+                           enclave / "attestation.json", "--sequence", "1", first[bank], "--out", inbox)
+        if rc:
+            raise RuntimeError(f"aml seal failed: {err.strip()}")
         ids.append(read_header(Path(out.strip().split("sealed ", 1)[1])).batch_id)
-    rc1, _ = runner.run(f"crash-at-{step}", enclave, inbox, outbox, AML_CRASH_AT=step)
-    rc2, err2 = runner.run(f"rerun-after-{step}", enclave, inbox, outbox)
-    ledger = ledger_batches(enclave)
+    return root, ids
+
+
+def _copy_of(template: Path, dest: Path) -> tuple[Path, Path, Path]:
+    shutil.copytree(template, dest, symlinks=True)
+    return dest / "enclave", dest / "inbox", dest / "outbox"
+
+
+def _alerts_of(con: Consortium, root: Path) -> dict[str, set]:
+    mirror = Consortium.__new__(Consortium)
+    mirror.root, mirror.banks, mirror.keys_dir, mirror.enclave_dir = root, con.banks, con.keys_dir, root / "enclave"
+    return open_alert_sets(mirror, root / "outbox", root / "opened")
+
+
+def _crash_checks(con: Consortium, root: Path, ids: list[str], rc_crash: int, rc_rerun: int, err: str,
+                  reference: dict[str, set] | None) -> list[str]:
+    """What must hold after a crash at some step and one rerun."""
     problems = []
-    if rc1 == 0:
+    if rc_crash == 0:
         problems.append("the crash hook did not fire")
-    if rc2 != 0:
-        problems.append(f"rerun failed: {err2[-80:]}")
+    if rc_rerun != 0:
+        problems.append(f"rerun failed: {err[-80:]}")
+    ledger = ledger_batches(root / "enclave")
     counts = [len(ledger.get(i, [])) for i in ids]
     if counts != [1] * len(ids):
-        problems.append(f"ledger records per batch {counts}")
-    work_dir = enclave / "work"
+        problems.append(f"ledger records per batch {counts} (lost or double counted)")
+    work_dir = root / "enclave" / "work"
     if work_dir.exists() and any(work_dir.iterdir()):
         problems.append("work area left behind")
-    if not problems:
-        mirror = Consortium.__new__(Consortium)
-        mirror.root, mirror.banks, mirror.keys_dir, mirror.enclave_dir = root, con.banks, con.keys_dir, enclave
-        alerts = open_alert_sets(mirror, outbox, root / "opened")
+    if not problems and reference is not None:
+        alerts = _alerts_of(con, root)
         diff = {b: len(alerts[b] ^ reference[b]) for b in con.banks if alerts[b] != reference[b]}
         if diff:
             problems.append(f"alerts differ from the uninterrupted run: {diff}")
-    res.record(f"crash at {step}", "; ".join(problems) or "ok", {"ok"}, not problems)
+    return problems
+
+
+def crash_classes(con: Consortium, first: dict[str, Path], root: Path, steps, runner: Runner) -> ClassResult:
+    """Per step: a copy of one template enclave is killed at the step (AML_CRASH_AT) and rerun;
+    another copy runs uninterrupted as the reference."""
+    res = ClassResult("crash_recovery", "flow")
+    template, ids = _crash_template(con, first, root / "template")
+    enclave, inbox, outbox = _copy_of(template, root / "reference")
+    t0 = time.monotonic()
+    ref_proc = runner.start("reference", enclave, inbox, outbox)
+    copies = {step: _copy_of(template, root / step) for step in steps}
+    first_step = steps[0]
+    # the reference and the first crash run start together: Prefect start-up overlaps
+    crash_proc = runner.start(f"crash-at-{first_step}", *copies[first_step], AML_CRASH_AT=first_step)
+    rc_ref, err_ref = runner.finish(*ref_proc, t0, "reference")
+    reference = _alerts_of(con, root / "reference") if rc_ref == 0 else None
+    if reference is None:
+        res.record("reference run", f"exit {rc_ref} {err_ref}", {"exit 0"}, False)
+    for step in steps:
+        if step == first_step:
+            rc1, _ = runner.finish(*crash_proc, t0, f"crash-at-{step}")
+        else:
+            rc1, _ = runner.run(f"crash-at-{step}", *copies[step], AML_CRASH_AT=step)
+        rc2, err2 = runner.run(f"rerun-after-{step}", *copies[step])
+        problems = _crash_checks(con, root / step, ids, rc1, rc2, err2, reference)
+        res.record(f"crash at {step}", "; ".join(problems) or "ok", {"ok"}, not problems)
+    return res
 
 
 # --- leak scan ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from aml.crypto.container import ENCLAVE, check_sequence, read_header, table_to_parquet
+from aml.crypto.container import check_sequence, read_header, table_to_parquet
 from aml.crypto.keys import BankKeyPair
 from aml.errors import AmlError
 from aml.schema import TRANSACTION_SCHEMA

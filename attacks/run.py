@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     canary = "CNRY" + secrets.token_hex(6)
     sizes = dict(banks=4, accounts=200, days=8, n_nights=2) if args.quick else \
-        dict(banks=5, accounts=1500, days=40, n_nights=4)
+        dict(banks=5, accounts=600, days=21, n_nights=4)
     log = print
     log(f"# attack suite: workdir {work} ({'quick' if args.quick else 'full'}, seed {args.seed})", flush=True)
     members, nights = make_nights(seed=args.seed, canary=canary, **sizes)

@@ -98,7 +98,7 @@ def run_snapml(table: pa.Table, is_new: np.ndarray, patterns: pa.Table, config, 
     out = np.vstack([gfp.transform(raw[i:i + BATCH]) for i in range(0, len(raw), BATCH)])
     gfp_seconds = time.perf_counter() - t_gfp
     X = out[:, 4:]  # raw amount/format/currency + the engineered features (ids and time dropped)
-    labels = table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
+    labels = table.column("label").cast(pa.float64()).fill_null(np.nan).to_numpy()
     y = np.where(is_new, np.nan, labels)
     hist = ~is_new
     model = PooledModel().fit(X[hist], y[hist])
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     table, is_new, members, _ = time_split(transactions)
     print(f"data: {table.num_rows} transactions at members {','.join(members)}; "
           f"scored (new) {int(is_new.sum())}, laundering among them "
-          f"{int(np.nansum(table.column('label').to_numpy(zero_copy_only=False)[is_new]))}")
+          f"{int(np.nansum(table.column('label').cast(pa.float64()).fill_null(0).to_numpy()[is_new]))}")
 
     start = time.perf_counter()
     ours_report = evaluate(transactions, patterns, config, silo=False, members=members)

@@ -147,6 +147,23 @@ def test_outcome_matching_checks_row_counts_when_accepted():
     assert not Outcome("format").matches(frozenset({"accepted"}))
 
 
+def test_leak_scan_finds_canaries_and_plaintext_parquet_but_not_in_the_banks_own_files(tmp_path):
+    from attacks.flowrun import leak_scan
+
+    home, work = tmp_path / "prefect_home", tmp_path / "work"
+    (home / "storage").mkdir(parents=True)
+    (work / "banks").mkdir(parents=True)
+    (work / "tmp").mkdir()
+    (home / "prefect.db").write_bytes(b"\x00row: CANARY1234 paid\x00")
+    (work / "banks" / "night0.csv").write_text("CANARY1234,CANARY5678\n")  # a bank's own plaintext
+    (work / "tmp" / "spill.bin").write_bytes(b"PAR1" + bytes(20) + b"PAR1")
+    (work / "clean.txt").write_text("nothing here")
+    leaks = leak_scan(work, home, ["CANARY1234", "CANARY5678"], lambda *a, **k: None)
+    assert len(leaks) == 2
+    assert any("prefect.db" in x and "canary" in x for x in leaks)
+    assert any("spill.bin" in x and "Parquet" in x for x in leaks)
+
+
 # --- the whole suite, quick ----------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -118,3 +118,15 @@ def test_crash_then_rerun_gives_the_same_alerts(consortium):
     assert _ledger_batches(p) == 3
     assert len(list((p["enclave"] / "state").glob("history-*.aes"))) == 1
     assert _alert_ids(open_all(p)) == _alert_ids(consortium["alerts"])
+
+
+def test_demo_runs_end_to_end_on_a_temporary_prefect_server(tmp_path):
+    """`aml demo` (what `make demo` runs), with Prefect's temporary server: no PREFECT_API_URL."""
+    r = aml_cli("demo", "--workdir", tmp_path / "demo", env={"PREFECT_HOME": str(tmp_path / "prefect_home")},
+                unset=("PREFECT_API_URL",), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "SIMULATED ATTESTATION" in r.stdout and "6 batches accepted" in r.stdout
+    received = [line for line in r.stdout.splitlines() if " alerts (" in line]
+    assert len(received) == 6
+    assert (tmp_path / "prefect_home" / "prefect.db").is_file()  # the temporary server's database
+    assert list((tmp_path / "demo" / "enclave" / "work").iterdir()) == []

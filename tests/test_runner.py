@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 import aml.prefect_env  # noqa: F401
 from aml.enclave import runner
+from conftest import canary_hits
 from aml.enclave.runner import (
     EnclaveTaskRunner, enclave_log, enclave_task, is_allowed_log, is_enclave_task,
 )
@@ -119,6 +121,11 @@ def boundary_flow() -> dict:
     return out
 
 
+@flow(task_runner=EnclaveTaskRunner(), persist_result=False)
+def failing_flow() -> None:
+    leaky.submit(batch_id="b-78", secret=CANARY).result()  # the flow fails with the task
+
+
 @pytest.mark.slow
 def test_real_prefect_run_refuses_plain_tasks_and_sanitises(prefect_env_vars):
     # A fresh process, so Prefect reads the session server's address from the environment.
@@ -135,10 +142,22 @@ def test_real_prefect_run_refuses_plain_tasks_and_sanitises(prefect_env_vars):
     assert out["plain_refused"] is True
     assert CANARY not in out["state_message"] and CANARY not in out["seen"]
     assert "unexpected_ValueError" in out["seen"] and "b-77" in out["seen"]
+    assert "flow_failed" in out
     assert CANARY not in proc.stdout + proc.stderr
+    # Nothing in Prefect's database, logs or result storage either.
+    home = Path(prefect_env_vars["PREFECT_HOME"])
+    files = [f for f in home.rglob("*") if f.is_file()]
+    assert any(f.name.startswith("prefect.db") for f in files)
+    assert any(f.parent.name == "storage" for f in files)  # the failed flow's pickled exception
+    assert [f for f in files if canary_hits(f.read_bytes(), [CANARY.encode()])] == []
 
 
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(boundary_flow()))
+    result = boundary_flow()
+    try:
+        failing_flow()
+    except EnclaveTaskError as exc:
+        result["flow_failed"] = str(exc)
+    print(json.dumps(result))

@@ -266,3 +266,19 @@ def test_structuring_quiet_on_monthly_rent_and_large_payments(config):
         b.pay(f"A00017{k:02d}", "A0000170", 24 * 30 * k, 9500, fmt="ACH")  # monthly
         b.pay(f"A00018{k:02d}", "A0000180", 3 * k, 15000, fmt="Wire")      # above the line
     assert_quiet("structuring", b, config)
+
+
+def test_code_defaults_match_the_shipped_toml(config):
+    for name, cls in DETECTORS.items():
+        assert cls().get_params() == dict(config.section(name)), name
+
+
+def test_misspelt_config_key_is_refused(tmp_path):
+    from aml.detect.config import DEFAULT_CONFIG_PATH
+    from aml.errors import ConfigError
+
+    text = DEFAULT_CONFIG_PATH.read_text().replace("min_degree = 5", "min_degre = 5", 1)
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError):
+        build_detectors(DetectionConfig.load(p))

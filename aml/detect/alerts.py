@@ -94,16 +94,18 @@ def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, key: by
                 f"intermediary accounts and gathered again into {name(sink)} "
                 f"at {institutions} institutions within {duration}")
     elif p == "gather_scatter":
-        core = (f"Funds of {amt} from {ev.get('sources', '?')} accounts were gathered into "
-                f"{name(center)} and scattered to {ev.get('destinations', '?')} accounts "
+        n_src = len(np.unique(src[dst == center])) if center is not None else 0
+        n_dst = len(np.unique(dst[src == center])) if center is not None else 0
+        core = (f"Funds of {amt} from {n_src} accounts were gathered into "
+                f"{name(center)} and scattered to {n_dst} accounts "
                 f"at {institutions} institutions within {duration}")
     elif p == "cycle":
         core = (f"Funds of {amt} travelled around a cycle of {hops} payments through "
                 f"{len(nodes)} accounts at {institutions} institutions and returned to their "
                 f"origin within {duration}")
     elif p == "bipartite":
-        core = (f"Funds of {amt} moved from {ev.get('sources', '?')} payers to "
-                f"{ev.get('destinations', '?')} payees in a dense many-to-many pattern "
+        core = (f"Funds of {amt} moved from {len(np.unique(src))} payers to "
+                f"{len(np.unique(dst))} payees in a dense many-to-many pattern "
                 f"at {institutions} institutions within {duration}")
     elif p == "stack":
         core = (f"Funds of {amt} moved through {ev.get('layers', hops + 1)} stacked layers of "
@@ -118,7 +120,9 @@ def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, key: by
                 f"{currency} reporting threshold, totalling {amt}, were {direction} "
                 f"{name(center)} involving {institutions} institutions within {duration}")
     elif p == "pass_through":
-        core = (f"{name(center)[0].upper()}{name(center)[1:]} received "
+        who = name(center, own_prefix="Your account ")
+        who = who if who.startswith("Your") else f"Account {who}"
+        core = (f"{who} received "
                 f"{format_amount(ev.get('inflow', amount), currency)} and forwarded "
                 f"{100 * ev.get('forward_share', 1):.0f}% of it within {duration}")
     elif p == "model":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aml.detect.alerts import cut_alerts, empty_alert_table
 from aml.detect.config import DetectionConfig
@@ -47,21 +49,21 @@ def _banks(table: pa.Table, members: list[str] | None) -> list[str]:
     if members is not None:
         return sorted(set(members))
     if "submitted_by" in table.column_names:
-        import pyarrow.compute as pc
-        return sorted(b for b in pc.unique(pc.list_flatten(table.column("submitted_by"))).to_pylist()
-                      if b is not None)
-    import pyarrow.compute as pc
-    seen = set(pc.unique(table.column("src_bank")).to_pylist()) | \
-        set(pc.unique(table.column("dst_bank")).to_pylist())
-    return sorted(seen)
+        banks = pc.unique(pc.list_flatten(table.column("submitted_by"))).to_pylist()
+    else:
+        banks = pc.unique(pa.chunked_array(
+            table.column("src_bank").chunks + table.column("dst_bank").chunks)).to_pylist()
+    return sorted(b for b in banks if b is not None)
 
 
 def _score_with_model(graph, instances, config):
-    """Call aml.detect.model.score_transactions if that module is present (it is optional)."""
-    try:
-        model = importlib.import_module("aml.detect.model")
-    except ImportError:
+    """Call aml.detect.model.score_transactions when that module ships (it is optional).
+
+    Only the module's absence is tolerated: if it exists but fails, the run fails, rather
+    than silently alerting without the model."""
+    if importlib.util.find_spec("aml.detect.model") is None:
         return None, NO_MODEL
+    model = importlib.import_module("aml.detect.model")
     score = getattr(model, "score_transactions", None)
     if score is None:
         return None, NO_MODEL
@@ -117,7 +119,7 @@ def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
         found.extend(merge_overlapping(detector.fit(graph).detect(graph)))
     # The model sees every instance (history too: it trains on history edges); alerts are
     # raised only for instances that contain a new payment.
-    instances = [i for i in found if graph.is_new[i.edge_idx].any()] if require_new else found
+    instances = [i for i in found if not require_new or graph.is_new[i.edge_idx].any()]
 
     scores, model_hash = _score_with_model(graph, found, config)
     if scores is not None:

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from aml.errors import ConfigError
+
 HOUR = 3600
 
 
@@ -48,7 +50,10 @@ class TypologyDetector(BaseEstimator):
     def from_config(cls, config) -> "TypologyDetector":
         section = dict(config.section(cls.name))
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        return cls(**{k: v for k, v in section.items() if k in accepted})
+        unknown = sorted(set(section) - accepted)
+        if unknown:  # a misspelt threshold must not silently fall back to its default
+            raise ConfigError(f"detection config [{cls.name}] has unknown keys: {', '.join(unknown)}")
+        return cls(**section)
 
     def _instance(self, edge_idx, score: float, **evidence) -> PatternInstance:
         return PatternInstance(self.name, np.unique(np.asarray(edge_idx, dtype=np.int64)),

@@ -67,15 +67,15 @@ class BipartiteDetector(TypologyDetector):
 
     name = "bipartite"
 
-    def __init__(self, window_hours=96, min_sources=2, min_destinations=2, min_density=0.5,
-                 min_edge_amount=500.0, max_component_nodes=200,
+    def __init__(self, window_hours=72, min_sources=2, min_destinations=2, min_density=0.5,
+                 min_edge_amount=500.0, max_fan=30,
                  min_new_counterparty_share=0.8, min_score=0.5, enabled=True):
         self.window_hours = window_hours
         self.min_sources = min_sources
         self.min_destinations = min_destinations
         self.min_density = min_density
         self.min_edge_amount = min_edge_amount
-        self.max_component_nodes = max_component_nodes
+        self.max_fan = max_fan
         self.min_new_counterparty_share = min_new_counterparty_share
         self.min_score = min_score
         self.enabled = enabled
@@ -88,20 +88,18 @@ class BipartiteDetector(TypologyDetector):
         out = []
         for bucket in window_buckets(graph.t[idx], w):
             # Payees that share >= 2 payers in the window form the right-hand side.
-            for b, right in shared_neighbour_groups(bucket, graph.dst[idx], graph.src[idx]):
+            for b, right in shared_neighbour_groups(bucket, graph.dst[idx], graph.src[idx],
+                                                        max_fan=self.max_fan):
                 e = idx[(bucket == b) & np.isin(graph.dst[idx], right)]
+                e = e[~np.isin(graph.src[e], right)]  # payees paying each other: not this shape
                 payers, n_paid = np.unique(graph.src[e], return_counts=True)
-                left = payers[n_paid >= 2]  # payers into >= 2 of these payees
-                e = e[np.isin(graph.src[e], left) | (np.isin(graph.src[e], payers)
-                                                       & ~np.isin(graph.src[e], right))]
+                left = payers[n_paid >= 2]  # the core: payers into >= 2 of these payees
                 inst = self._judge(graph, e, set(left.tolist()), set(right.tolist()))
                 if inst is not None and inst.score >= self.min_score:
                     out.append(inst)
         return out
 
     def _judge(self, graph, edges, left, right):
-        if left & right:
-            return None  # payees paying each other: layered or circular, not bipartite
         if len(left) < self.min_sources or len(right) < self.min_destinations:
             return None
         density = _density(graph, edges, left, right)
@@ -122,13 +120,13 @@ class StackDetector(BipartiteDetector):
 
     name = "stack"
 
-    def __init__(self, window_hours=168, min_layers=3, min_layer_size=2, min_density=0.4,
-                 min_edge_amount=500.0, max_component_nodes=200,
+    def __init__(self, window_hours=72, min_layers=3, min_layer_size=2, min_density=0.4,
+                 min_edge_amount=500.0, max_fan=30,
                  min_new_counterparty_share=0.8, min_score=0.5, enabled=True):
         self.window_hours = window_hours
         self.min_density = min_density
         self.min_edge_amount = min_edge_amount
-        self.max_component_nodes = max_component_nodes
+        self.max_fan = max_fan
         self.min_new_counterparty_share = min_new_counterparty_share
         self.min_score = min_score
         self.enabled = enabled
@@ -155,7 +153,8 @@ class StackDetector(BipartiteDetector):
                                                              graph.dst[idx].tolist())])
             # Middles sharing >= 2 payers are one layer; their payers and payees the others.
             for b, layer in shared_neighbour_groups(bucket[into_mid], graph.dst[idx][into_mid],
-                                                    graph.src[idx][into_mid]):
+                                                    graph.src[idx][into_mid],
+                                                    max_fan=self.max_fan):
                 in_b = idx[bucket == b]
                 e_in = in_b[np.isin(graph.dst[in_b], layer)]
                 e_out = in_b[np.isin(graph.src[in_b], layer)]

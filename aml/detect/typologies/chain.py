@@ -122,7 +122,7 @@ class PassThroughDetector(TypologyDetector):
     name = "pass_through"
 
     def __init__(self, max_dwell_hours=24, min_forward_share=0.75, max_forward_share=1.02,
-                 min_amount=2000.0, min_edge_amount=200.0, max_payments=8,
+                 min_amount=1000.0, min_edge_amount=200.0, max_payments=8,
                  max_account_degree=400, min_new_counterparty_share=0.8, min_score=0.5,
                  enabled=True):
         self.min_new_counterparty_share = min_new_counterparty_share
@@ -139,8 +139,12 @@ class PassThroughDetector(TypologyDetector):
     def detect(self, graph) -> list[PatternInstance]:
         if len(graph) == 0:
             return []
-        w = int(self.max_dwell_hours * HOUR)
-        sig = np.flatnonzero(graph.amount >= self.min_edge_amount)
+        # Buckets twice the dwell, so an episode of up to max_dwell lies wholly in one bucket
+        # of one tiling; the dwell itself is checked per candidate.
+        w = int(2 * self.max_dwell_hours * HOUR)
+        # Sizeable first contacts only: salary, rent and bills between known parties are noise
+        # around a mule's one-off transfer.
+        sig = np.flatnonzero((graph.amount >= self.min_edge_amount) & graph.pair_first)
         # One row per (account, sizeable payment) with direction: +1 in, -1 out.
         node = np.concatenate([graph.dst[sig], graph.src[sig]])
         e = np.concatenate([sig, sig])
@@ -187,8 +191,8 @@ class PassThroughDetector(TypologyDetector):
         if payers & set(graph.dst[outs.e.to_numpy()].tolist()):
             return None  # money going back to a payer is a refund, not a pass-through
         dwell_h = float((outs.t.min() - ins.t.max()) / HOUR)
-        if dwell_h < 0:
-            return None  # paying out before the money arrived: ordinary turnover
+        if dwell_h < 0 or dwell_h > self.max_dwell_hours:
+            return None  # paying out before the money arrived (ordinary turnover), or too late
         edges = np.concatenate([ins.e.to_numpy(), outs.e.to_numpy()])
         new_share = float(graph.pair_first[edges].mean())
         if new_share < self.min_new_counterparty_share:

@@ -90,7 +90,7 @@ class GatherScatterDetector(TypologyDetector):
 
     name = "gather_scatter"
 
-    def __init__(self, window_hours=96, min_sources=3, min_destinations=3, max_degree=60,
+    def __init__(self, window_hours=72, min_sources=3, min_destinations=3, max_degree=60,
                  min_edge_amount=500.0, min_conservation=0.5, max_conservation=1.1,
                  min_score=0.5, enabled=True):
         self.window_hours = window_hours

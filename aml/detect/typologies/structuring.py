@@ -21,7 +21,10 @@ class StructuringDetector(TypologyDetector):
     name = "structuring"
 
     def __init__(self, threshold=10000.0, band=0.2, window_hours=168, min_count=5,
-                 min_institutions=2, max_degree=100, min_score=0.5, enabled=True):
+                 min_institutions=2, max_degree=100, min_sizeable=1000.0, min_band_share=0.5,
+                 min_score=0.5, enabled=True):
+        self.min_sizeable = min_sizeable
+        self.min_band_share = min_band_share
         self.threshold = threshold
         self.band = band
         self.window_hours = window_hours
@@ -46,6 +49,15 @@ class StructuringDetector(TypologyDetector):
                 banks = set(graph.node_bank[graph.src[e]]) | set(graph.node_bank[graph.dst[e]])
                 if len(banks) < self.min_institutions:
                     continue
+                # Share of the account's sizeable payments on this side in the window that fall
+                # in the band: a supplier invoiced at all sizes has few, a smurfing target many.
+                t0, t1 = int(graph.t[e].min()), int(graph.t[e].max())
+                side = (graph.in_edges_between(node, t0, t1) if direction == "in"
+                        else graph.out_edges_between(node, t0, t1))
+                sizeable = side[graph.amount[side] >= self.min_sizeable]
+                band_share = len(e) / max(len(sizeable), len(e))
+                if band_share < self.min_band_share:
+                    continue
                 # How tightly the amounts bunch under the threshold (0: spread over the band).
                 closeness = float(np.mean((graph.amount[e] - lo) / (self.threshold - lo)))
                 count = len(np.unique(leaf[e]))
@@ -54,5 +66,5 @@ class StructuringDetector(TypologyDetector):
                 if score >= self.min_score:
                     out.append(self._instance(e, score, center=node, direction=direction,
                                               hops=1, count=count, threshold=self.threshold,
-                                              institutions=len(banks)))
+                                              institutions=len(banks), band_share=band_share))
         return out
