@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="detection configuration TOML")
     s.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     s.add_argument("--no-silo", action="store_true", help="skip the each-bank-alone runs")
+    s.add_argument("--members-file", default=None, metavar="F",
+                   help="member bank ids one a line (default: the 8 banks with the most rows)")
     s.set_defaults(func=_cmd_evaluate)
     return p
 

@@ -227,6 +227,19 @@ def _read_data(path: Path) -> tuple[pa.Table, pa.Table]:
     return transactions, patterns
 
 
+def _read_members(path) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise BadInputError(f"cannot read members file: {exc.strerror}") from None
+    members = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+    if not members:
+        raise BadInputError("members file lists no bank")
+    return members
+
+
 def format_report(report: dict) -> str:
     """A readable table of the figures."""
     lines = []
@@ -263,7 +276,8 @@ def evaluate_command(args) -> int:
 
     transactions, patterns = _read_data(Path(args.data))
     config = DetectionConfig.load(args.config)
-    report = evaluate(transactions, patterns, config, silo=not args.no_silo)
+    members = _read_members(getattr(args, "members_file", None))
+    report = evaluate(transactions, patterns, config, silo=not args.no_silo, members=members)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -119,11 +119,11 @@ class Runner:
     def start(self, tag: str, enclave: Path, inbox: Path, outbox: Path, **env) -> tuple[subprocess.Popen, Path]:
         self.count += 1
         out = self.logs / f"{self.count:02d}-{tag}"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aml.cli", "run", "--enclave", str(enclave), "--inbox", str(inbox),
-             "--outbox", str(outbox)],
-            env=self.server.env(**env), stdout=open(f"{out}.out", "wb"), stderr=open(f"{out}.err", "wb"),
-            cwd=str(ROOT))
+        with open(f"{out}.out", "wb") as stdout, open(f"{out}.err", "wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "aml.cli", "run", "--enclave", str(enclave), "--inbox", str(inbox),
+                 "--outbox", str(outbox)],
+                env=self.server.env(**env), stdout=stdout, stderr=stderr, cwd=str(ROOT))
         return proc, out
 
     def finish(self, proc: subprocess.Popen, out: Path, started: float, tag: str) -> tuple[int, str]:

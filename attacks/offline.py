@@ -188,7 +188,7 @@ def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path)
     files.mkdir(parents=True, exist_ok=True)
     variants = {
         "genuine_other_bank": (sealed, other, "wrong_recipient", 3),
-        "bit_flip": (C.flip_bit(sealed, len(sealed) // 2), bank, "bad_signature", 3),
+        "bit_flip": (C.flip_bit(sealed, C.layout(sealed).chunks[0][0]), bank, "bad_signature", 3),
         "truncated": (sealed[:-10], bank, "truncated", 3),
         "appended": (sealed + b"\x00", bank, "trailing_data", 3),
     }

@@ -41,6 +41,10 @@ QUARANTINE_DIR = "quarantine"
 BATCH_SUFFIX = ".amlb"
 ALERT_SUFFIX = ".amla"
 CRASH_STEPS = ("verified", "unsealed", "detected", "delivered", "committed")
+# Errors inside the enclave that are the batch's fault: quarantine it and go on. Any other
+# error there (keys missing, a bug) fails the run and leaves the batch in the inbox.
+BATCH_FAULT_CODES = frozenset({"format", "tampered", "truncated", "trailing_data", "bad_signature",
+                               "wrong_recipient", "expired", "not_a_member", "schema", "bad_input"})
 ARTIFACT_SUMMARY_KEY = "consortium-run-summary"
 ARTIFACT_BATCHES_KEY = "consortium-run-batches"
 
@@ -216,9 +220,12 @@ def _publish(summary: dict, candidates: list[dict]) -> None:
                           description="Sealed batches in this run: status and reason codes (no data).")
     lines = [f"# Consortium run `{summary['run_id'] or 'none'}`", "",
              "| what | count |", "|---|---|"]
-    for k in ("accepted", "rejected", "skipped", "rows", "rows_quarantined", "cross_bank",
-              "conflicts", "alerts"):
-        lines.append(f"| {k.replace('_', ' ')} | {summary.get(k, 0)} |")
+    labels = {"accepted": "batches accepted", "rejected": "batches rejected", "skipped": "batches skipped (already processed)",
+              "rows": "rows received (a cross-bank payment counts once per bank)",
+              "rows_quarantined": "rows quarantined by validation", "cross_bank": "cross-bank payments reconciled",
+              "conflicts": "payments whose two copies disagree (kept out)", "alerts": "alerts (all banks)"}
+    for k, label in labels.items():
+        lines.append(f"| {label} | {summary.get(k, 0)} |")
     if summary.get("patterns"):
         lines += ["", "## Alerts per typology (all banks together)", "", "| pattern | alerts |", "|---|---|"]
         lines += [f"| {p} | {n} |" for p, n in sorted(summary["patterns"].items())]
@@ -270,8 +277,9 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                     try:
                         res = fut.result()
                     except EnclaveTaskError as exc:
-                        ok = dict(c)
-                        cand = Candidate(**ok)
+                        if exc.cause_code not in BATCH_FAULT_CODES:
+                            raise  # the enclave's own fault (keys, bug): fail the run, keep the batch
+                        cand = Candidate(**c)
                         with Ledger(edir) as ledger:
                             ledger.record_rejection(cand.file, cand.sha256, cand.bank, exc.cause_code)
                         _quarantine(Path(inbox), cand, _coded(exc))
@@ -282,6 +290,8 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                 millis["unseal"] = int((time.perf_counter() - start) * 1000)
                 _crash_point("unsealed")
                 if unsealed:
+                    # A bank's later batch replaces its own earlier copy of a payment: merge in sequence order.
+                    unsealed.sort(key=lambda cr: (cr[0]["bank"], cr[0]["sequence"]))
                     run_id = run_id_for([c["sha256"] for c, _ in unsealed])
                     provenance = {"run_id": run_id, "batches": sorted(c["batch_id"] for c, _ in unsealed),
                                   "batch_sha256": sorted(c["sha256"] for c, _ in unsealed)}

@@ -156,3 +156,61 @@ def test_empty_table_gives_empty_alert_tables():
         assert t.num_rows == 0 and t.schema.equals(ALERT_SCHEMA)
     assert result.counts == {} and result.banks == ["B01", "B02"]
     assert result.config_hash == CONFIG.hash
+
+
+def test_model_only_alerts_cover_uncovered_new_payments(monkeypatch):
+    import aml.detect.pipeline as pipeline
+
+    rows = [dict(txn_id=f"T{k:07d}", timestamp=T0 + dt.timedelta(hours=k), src_bank="B01",
+                 src_account=f"A{k:07d}", dst_bank="B02", dst_account=f"A{100 + k:07d}",
+                 amount=700.0, currency="USD", amount_received=None, receiving_currency=None,
+                 payment_format="ACH", label=0 if k == 0 else None) for k in range(4)]
+    table = pa.Table.from_pylist(rows, schema=TRANSACTION_SCHEMA)
+    # Payment 0 is history, 1 scores low, 2 and 3 score high (and are unrelated payments).
+    monkeypatch.setattr(pipeline, "_score_with_model",
+                        lambda graph, inst, cfg: (np.array([0.99, 0.1, 0.95, 0.97]), "m" * 64))
+    result = pipeline.run_detection(table, CONFIG)
+    model = [a for a in result.alerts_for("B01").to_pylist() if a["pattern"] == "model"]
+    assert sorted(t for a in model for t in a["txn_ids"]) == ["T0000002", "T0000003"]
+    assert len(model) == 2 and result.model_hash == "m" * 64
+    assert {a["score"] for a in model} == {0.95, 0.97}
+    assert result.counts["model"] == 4  # two alerts, each for B01 and B02
+
+
+def test_scoping_end_to_end_on_synthetic_data():
+    from aml.synth import generate
+
+    tx, _ = generate(banks=4, accounts=400, days=14, seed=3)
+    ts = tx.column("timestamp").cast(pa.int64()).to_numpy()
+    is_new = ts >= np.quantile(ts, 0.6)
+    members = ["B01", "B02", "B03"]
+    src, dst = tx.column("src_bank").to_pylist(), tx.column("dst_bank").to_pylist()
+    submitted = [[b for b in dict.fromkeys((s, d)) if b in members] for s, d in zip(src, dst)]
+    keep = np.array([bool(x) for x in submitted])
+    table = tx.append_column("is_new", pa.array(is_new)).append_column(
+        "submitted_by", pa.array(submitted, pa.list_(pa.string()))).filter(pa.array(keep))
+    result = run_detection(table, CONFIG, members=members)
+    rows = table.to_pylist()
+    own_accounts = {b: {r["src_account"] for r in rows if r["src_bank"] == b}
+                    | {r["dst_account"] for r in rows if r["dst_bank"] == b} for b in members}
+    all_accounts = set().union(*own_accounts.values()) | {
+        r["src_account"] for r in rows} | {r["dst_account"] for r in rows}
+    submitted_by = {r["txn_id"]: (set(r["submitted_by"]), r["src_bank"], r["dst_bank"])
+                    for r in rows}
+    n_alerts, seen = 0, set()
+    for bank in members:
+        for a in result.alerts_for(bank).to_pylist():
+            n_alerts += 1
+            assert set(a["accounts"]) <= own_accounts[bank]
+            for t in a["txn_ids"]:
+                subs, sb, db = submitted_by[t]
+                assert bank in subs and bank in (sb, db)
+            foreign = all_accounts - own_accounts[bank]
+            words = set(re.findall(r"A\d{7}", a["explanation"]))
+            assert not (words & foreign)
+            assert not re.search(r"T\d{6,}", a["explanation"])
+            assert not re.search(r"\b(B\d\d|X\d\d)\b", a["explanation"])
+            ph = set(PLACEHOLDER.findall(a["explanation"]))
+            assert not (ph & seen)
+            seen |= ph
+    assert n_alerts > 0

@@ -22,6 +22,26 @@ def _run(p, env, extra_env=None):
                    env={**env, **(extra_env or {})})
 
 
+def _seal_payload(p, bank: str, sequence: int, payload: bytes):
+    """A correctly signed and sealed batch whose payload is `payload` (a bank's software bug)."""
+    import time
+
+    from aml.bank.seal import load_member_key, verified_enclave
+    from aml.crypto.container import ENCLAVE, Header, seal_bytes
+    from aml.crypto.keys import PublicKeys
+
+    enclave = verified_enclave(p["enclave"] / "attestation.json", None)
+    pair = load_member_key(bank, p["keys"] / f"{bank}.key", enclave)
+    enclave_pub = PublicKeys.from_raw(enclave.x25519_public, enclave.ed25519_public, ENCLAVE)
+    now = int(time.time())
+    header = Header(kind="batch", sender=bank, recipient=ENCLAVE, batch_id=f"bad{sequence}", sequence=sequence,
+                    created=now, expires=now + 3600, schema_version=1, row_count=1,
+                    recipient_key_id=enclave_pub.key_id, sender_key_id=pair.key_id)
+    out = p["inbox"] / f"{bank}-{sequence:08d}-bad{sequence}.amlb"
+    out.write_bytes(seal_bytes(payload, header, enclave_pub, pair))
+    return out
+
+
 def _ledger_batches(p) -> int:
     with sqlite3.connect(p["enclave"] / "state" / "ledger.sqlite") as db:
         return db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
@@ -91,10 +111,14 @@ def test_tampered_batch_is_quarantined_and_the_others_processed(consortium):
     data[len(data) // 2] ^= 0x01  # one bit in the ciphertext
     sealed["B02"].write_bytes(bytes(data))
 
+    not_parquet = _seal_payload(p, "B03", 2, b"signed and sealed, but not a Parquet file")
+
     r = _run(p, env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "1 batches accepted, 1 rejected" in r.stdout
+    assert "1 batches accepted, 2 rejected" in r.stdout
     qdir = p["inbox"] / "quarantine"
+    # B03's file passed every outside check; the enclave refused it, and only its code came out.
+    assert json.loads((qdir / f"{not_parquet.name}.reason.json").read_text())["code"] == "format"
     assert (qdir / sealed["B02"].name).is_file() and not sealed["B02"].exists()
     reason = json.loads((qdir / f"{sealed['B02'].name}.reason.json").read_text())
     assert reason["code"] in ("bad_signature", "tampered")

@@ -102,3 +102,13 @@ def test_evaluate_rejects_missing_data(tmp_path):
 
     with pytest.raises(BadInputError):
         evaluate_command(Namespace(data=str(tmp_path), config=None, json=None, no_silo=True))
+
+
+def test_members_file_limits_the_consortium(synth_dir, tmp_path):
+    members = tmp_path / "members.txt"
+    members.write_text("B01\nB02\n")
+    out = tmp_path / "eval.json"
+    rc = evaluate_command(Namespace(data=str(synth_dir), config=None, json=str(out), no_silo=True,
+                                    members_file=str(members)))
+    assert rc == 0
+    assert json.loads(out.read_text())["members"] == ["B01", "B02"]

@@ -2,9 +2,10 @@
 the system temp directory, or anything the operator sees, whatever the run does.
 
 Every account id and txn id carries a canary string and some amounts are a canary value; the
-data goes through a successful run, a run with a tampered batch, and a killed run. Then the
-whole PREFECT_HOME and every file created in the temp directory during the test (except the
-banks' own plaintext inputs and opened alerts) are searched byte by byte for the canaries.
+data goes through a successful run, a run with a tampered batch, a killed run and a run that
+fails inside the enclave. Then the whole PREFECT_HOME and every file created in the temp
+directory during the test (except the banks' own plaintext inputs and opened alerts) are
+searched byte by byte for the canaries.
 """
 
 from __future__ import annotations
@@ -104,6 +105,14 @@ def test_no_transaction_data_leaves_the_enclave(tmp_path, small_table, prefect_s
     rerun = aml_cli(*run, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     outputs.append(rerun)
+
+    seal_again("B01")  # 4. a run that fails inside the enclave (its key is unreadable)
+    key = p["enclave"] / "keys" / "enclave.key"
+    key.rename(key.with_suffix(".away"))
+    failed = aml_cli(*run, env=env)
+    key.with_suffix(".away").rename(key)
+    assert failed.returncode == 4 and "key_file" in failed.stderr, failed.stderr[-3000:]
+    outputs.append(failed)
 
     assert list((p["enclave"] / "work").iterdir()) == []
     time.sleep(2)  # let the server write what the runs sent it

@@ -99,7 +99,7 @@ def test_model_params_read_from_config_section_with_defaults():
     assert model_params(DetectionConfig.load())["random_state"] == 0
 
 
-def test_score_transactions_on_a_graph(tmp_path):
+def test_score_transactions_on_a_graph():
     from aml.detect.graph import TransactionGraph
     from aml.synth import generate
 

@@ -128,20 +128,22 @@ class TransactionGraph:
 
     @staticmethod
     def _merge_duplicate_rows(df: pd.DataFrame) -> pd.DataFrame:
-        """One edge per txn_id; submitted_by is the union over its rows."""
-        union = (df[["txn_id", "submitted_by"]].explode("submitted_by").dropna()
+        """One edge per txn_id; submitted_by is the union over its rows.
+
+        Only the duplicated ids go through the (slower) group-by. A row is new if any copy is
+        unlabelled; of two labels the higher (confirmed laundering) wins.
+        """
+        dup = df["txn_id"].duplicated(keep=False).to_numpy()
+        single, multi = df[~dup], df[dup]
+        union = (multi[["txn_id", "submitted_by"]].explode("submitted_by").dropna()
                  .groupby("txn_id", sort=False)["submitted_by"]
                  .agg(lambda s: tuple(dict.fromkeys(s))))
-        # A row is new if any copy is unlabelled (two banks may label the same payment differently:
-        # keep the confirmed-laundering label when one bank has it).
-        is_new = df.groupby("txn_id", sort=False)["is_new"].any()
-        label = df.groupby("txn_id", sort=False)["label"].max()
-        first = df.drop_duplicates("txn_id").set_index("txn_id")
-        first["submitted_by"] = union.reindex(first.index).apply(
-            lambda v: v if isinstance(v, tuple) else ())
-        first["is_new"] = is_new.reindex(first.index)
-        first["label"] = label.reindex(first.index)
-        return first.reset_index()
+        grouped = multi.groupby("txn_id", sort=False)
+        merged = multi.drop_duplicates("txn_id").set_index("txn_id")
+        merged["submitted_by"] = [union.get(t, ()) for t in merged.index]
+        merged["is_new"] = grouped["is_new"].any().reindex(merged.index)
+        merged["label"] = grouped["label"].max().reindex(merged.index)
+        return pd.concat([single, merged.reset_index()], ignore_index=True)
 
     def _csr(self, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Edges are time-sorted, so a stable sort by node keeps each node's edges in time order.

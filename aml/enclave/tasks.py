@@ -83,7 +83,7 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     new = [(b["bank"], pq.read_table(b["path"])) for b in batches]
     merged = merge_batches(new, history)
     in_window = trim_to_window(merged.merged, window_days, keep=merged.merged.column("is_new"))
-    enclave_log(logger, "history_loaded", rows=history.num_rows, kept=in_window.num_rows - merged.counts["new_rows"])
+    enclave_log(logger, "history_loaded", rows=history.num_rows, kept=max(0, in_window.num_rows - merged.counts["new_rows"]))
     enclave_log(logger, "merged", batches=len(batches), rows=in_window.num_rows,
                 cross_bank=merged.counts["cross_bank"], conflicts=merged.counts["conflicts"])
     millis["merge"] = _millis(start)

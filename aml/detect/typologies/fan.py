@@ -74,9 +74,13 @@ class FanOutDetector(TypologyDetector):
         ratio = self._flow_ratio(graph, node, t0, t1, window_s, total)
         funded = 0.7 <= ratio <= 1.15
         k = len(np.unique(leaf[e]))
-        score = 0.6 + 0.2 * funded + 0.2 * min(1.0, k / (2 * self.min_degree))
+        # Parts of one sum split for layering are alike; invoices and bills vary widely.
+        amounts = graph.amount[e]
+        spread = float(amounts.std() / amounts.mean())
+        score = 0.5 + 0.2 * funded + 0.15 * min(1.0, k / (2 * self.min_degree)) \
+            + 0.15 * (1.0 - min(spread, 1.0))
         return self._instance(e, score, center=node, hops=1, counterparties=k,
-                              flow_ratio=ratio, funded=funded)
+                              flow_ratio=ratio, funded=funded, amount_spread=spread)
 
 
 class FanInDetector(FanOutDetector):
