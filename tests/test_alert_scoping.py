@@ -83,6 +83,7 @@ def test_alerts_reveal_only_own_accounts_and_own_submissions(scenario):
                 r = txn.loc[t]
                 assert bank in r.submitted_by and bank in (r.src_bank, r.dst_bank)
             text = alert["explanation"]
+            assert set(re.findall(r"A\d{7}", text)) <= set(alert["accounts"])
             for a in all_accounts - {a for a in all_accounts if acc_bank[a] == bank}:
                 assert a not in text
             for t in all_txns:

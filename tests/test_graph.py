@@ -130,3 +130,10 @@ def test_pair_first_and_subgraph(config):
 def test_empty_table(config):
     g = TransactionGraph.from_table(TRANSACTION_SCHEMA.empty_table(), config)
     assert len(g) == 0 and g.n_nodes == 0 and list(g.out_ptr) == [0]
+
+
+def test_config_pickles_with_same_hash(config):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(config))
+    assert again.hash == config.hash and dict(again.section("cycle")) == dict(config.section("cycle"))

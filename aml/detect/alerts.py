@@ -48,14 +48,15 @@ def format_duration(seconds: float) -> str:
 
 
 class _Namer:
-    """Names nodes for one alert: the bank's own accounts by id, all others by placeholder."""
+    """Names nodes for one alert: the accounts listed in the alert (the bank's own, reached
+    through payments it submitted) by id, every other account by placeholder."""
 
-    def __init__(self, graph, bank: str, key: bytes):
-        self.graph, self.bank, self.key = graph, bank, key
+    def __init__(self, graph, named: set[int], key: bytes):
+        self.graph, self.named, self.key = graph, named, key
         self.foreign: dict[int, str] = {}
 
     def __call__(self, node: int, own_prefix: str = "your account ") -> str:
-        if self.graph.node_bank[node] == self.bank:
+        if node in self.named:
             return f"{own_prefix}{self.graph.node_account[node]}"
         return self.placeholder(node)
 
@@ -70,10 +71,11 @@ class _Namer:
         return self.foreign[node]
 
 
-def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, key: bytes,
+def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, named: set[int],
+             key: bytes,
              currency: str, amount: float, institutions: int, hops: int,
              max_placeholders: int) -> str:
-    name = _Namer(graph, bank, key)
+    name = _Namer(graph, named, key)
     ev = inst.evidence
     src, dst = graph.src[edges], graph.dst[edges]
     nodes = np.unique(np.concatenate([src, dst]))
@@ -132,8 +134,8 @@ def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, key: by
         core = (f"Funds of {amt} moved through {len(nodes)} accounts at {institutions} "
                 f"institutions within {duration}")
 
-    own = [n for n in nodes if graph.node_bank[n] == bank and n not in (center, sink)]
-    foreign = [n for n in nodes if graph.node_bank[n] != bank]
+    own = [n for n in nodes if n in named and n not in (center, sink)]
+    foreign = [n for n in nodes if n not in named]
     tail = []
     if own:
         listed = ", ".join(str(graph.node_account[n]) for n in own[:max_placeholders])
@@ -142,8 +144,9 @@ def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, key: by
     if foreign:
         names = [name.placeholder(n) for n in foreign[:max_placeholders]]
         more = "…" if len(foreign) > max_placeholders else ""
-        tail.append(f"{len(foreign)} of the accounts are at other banks "
-                    f"(shown as {', '.join(names)}{more})")
+        where = ("are at other banks" if all(graph.node_bank[n] != bank for n in foreign)
+                 else "are anonymised")
+        tail.append(f"{len(foreign)} of the accounts {where} (shown as {', '.join(names)}{more})")
     return core + ("; " + "; ".join(tail) if tail else "") + "."
 
 
@@ -181,10 +184,10 @@ def cut_alerts(graph, instances: list[PatternInstance], banks: list[str], *,
                 continue
             own_e = np.asarray(own_e, dtype=np.int64)
             own_nodes = np.unique(np.concatenate([graph.src[own_e], graph.dst[own_e]]))
-            accounts = sorted({str(graph.node_account[n]) for n in own_nodes
-                               if graph.node_bank[n] == bank})
-            if not accounts:
+            named = {int(n) for n in own_nodes if graph.node_bank[n] == bank}
+            if not named:
                 continue
+            accounts = sorted({str(graph.node_account[n]) for n in named})
             aid = alert_id(inst.pattern, all_txn, bank)
             if aid in emitted:
                 continue
@@ -202,7 +205,7 @@ def cut_alerts(graph, instances: list[PatternInstance], banks: list[str], *,
                 "amount": amount,
                 "institutions": len(pattern_banks),
                 "hops": hops,
-                "explanation": _explain(graph, inst, e, bank, key, currency, amount,
+                "explanation": _explain(graph, inst, e, bank, named, key, currency, amount,
                                         len(pattern_banks), hops, max_placeholders),
             })
     return {bank: _to_table(rows.get(bank, [])) for bank in banks}

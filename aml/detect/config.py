@@ -38,6 +38,7 @@ class DetectionConfig:
     path: Path | None = None
     base_currency: str = "USD"
     rates: Mapping[str, float] = field(default_factory=dict)
+    source: bytes = field(default=b"", repr=False)  # the TOML bytes `hash` is taken over
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> "DetectionConfig":
@@ -73,7 +74,12 @@ class DetectionConfig:
             path=path,
             base_currency=base,
             rates=MappingProxyType(rates),
+            source=data,
         )
+
+    def __reduce__(self):
+        # Read-only mapping views do not pickle; rebuild from the bytes (same hash).
+        return (DetectionConfig.from_bytes, (self.source, self.path))
 
     def section(self, name: str) -> Mapping[str, Any]:
         """One TOML table (empty when absent)."""
