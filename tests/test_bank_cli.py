@@ -221,3 +221,10 @@ def test_open_refuses_a_batch_file(world, capsys):
     batch = next((world / "inbox").glob("*.amlb"))
     assert main(open_args(world, world / "a.jsonl", batch)) == 3
     assert "not an alerts file from the enclave (kind 'batch', sender 'B01')" in capsys.readouterr().err
+
+
+def test_alert_header_hides_the_alert_count(world):
+    from aml.crypto.container import read_header
+
+    headers = [read_header(write_alert_file(world, n=n, sequence=n + 1)) for n in (0, 3, 12)]
+    assert [h.row_count for h in headers] == [0, 0, 0]

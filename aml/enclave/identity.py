@@ -187,14 +187,17 @@ def load_members(enclave_dir: Path) -> dict[str, PublicKeys]:
 
 def seal_alerts(table, bank: str, bank_public: PublicKeys, enclave_keys: EnclaveKeys, run_id: str,
                 sequence: int, provenance: dict, now: int | None = None) -> bytes:
-    """One bank's alerts (ALERT_SCHEMA) as a padded, sealed "alerts" file from the enclave."""
+    """One bank's alerts (ALERT_SCHEMA) as a padded, sealed "alerts" file from the enclave.
+
+    The cleartext header's row_count is always 0 for alert files: the operator sees headers,
+    and the number of alerts a bank received is exactly what padding is meant to hide."""
     from aml.schema import ALERT_SCHEMA, SCHEMA_VERSION
 
     created = int(time.time()) if now is None else now
     header = container.Header(
         kind="alerts", sender=container.ENCLAVE, recipient=bank, batch_id=run_id, sequence=sequence,
         created=created, expires=created + ALERT_LIFETIME_SECONDS, schema_version=SCHEMA_VERSION,
-        row_count=table.num_rows, recipient_key_id=bank_public.key_id, sender_key_id=enclave_keys.key_id,
+        row_count=0, recipient_key_id=bank_public.key_id, sender_key_id=enclave_keys.key_id,
         provenance=dict(provenance),
     )
     payload = container.table_to_parquet(table, ALERT_SCHEMA)
