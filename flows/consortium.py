@@ -33,7 +33,7 @@ from aml.enclave.runner import EnclaveTaskRunner
 from aml.enclave.tasks import detect_and_seal, unseal_batch
 from aml.enclave.workarea import remove_stale_work_areas, work_area
 from aml.errors import (
-    AmlError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError, ReplayError,
+    AmlError, ConfigError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError, ReplayError,
 )
 from aml.ledger import BatchRecord, Ledger, run_lock, state_dir
 
@@ -53,7 +53,14 @@ def history_window_days() -> float:
     """History window in days: AML_HISTORY_DAYS, default 30."""
     from aml.enclave.history import DEFAULT_WINDOW_DAYS
 
-    return float(os.environ.get("AML_HISTORY_DAYS", DEFAULT_WINDOW_DAYS))
+    raw = os.environ.get("AML_HISTORY_DAYS", str(DEFAULT_WINDOW_DAYS))
+    try:
+        days = float(raw)
+    except ValueError:
+        days = -1.0
+    if not 0 < days < 10_000:
+        raise ConfigError("AML_HISTORY_DAYS must be a positive number of days")
+    return days
 
 
 def _crash_point(step: str) -> None:

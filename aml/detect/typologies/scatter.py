@@ -121,9 +121,13 @@ class GatherScatterDetector(TypologyDetector):
                           & graph.pair_first[e_out]]
             # Outflow must be onward: after the first inflow, to accounts that did not pay in.
             e_out = e_out[~np.isin(graph.dst[e_out], graph.src[e_in])]
+            # The gathered money leaves in the next payments out: take them in time order up
+            # to max_conservation of the inflow (a busy hub's later payments are other business).
+            inflow = graph.amount[e_in].sum()
+            e_out = e_out[np.cumsum(graph.amount[e_out]) <= self.max_conservation * inflow]
             if len(np.unique(graph.dst[e_out])) < self.min_destinations:
                 continue
-            inflow, outflow = graph.amount[e_in].sum(), graph.amount[e_out].sum()
+            outflow = graph.amount[e_out].sum()
             ratio = float(outflow / inflow) if inflow > 0 else 0.0
             if not self.min_conservation <= ratio <= self.max_conservation:
                 continue
