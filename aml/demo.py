@@ -99,9 +99,13 @@ def run_demo(workdir: Path | None = None) -> int:
         out = paths["alerts"] / f"{bank}.parquet"
         n = open_alerts(bank=bank, key=paths["keys"] / f"{bank}.key",
                         attestation=paths["enclave"] / "attestation.json", sealed=sealed, out=out)
-        patterns = Counter(pq.read_table(out).column("pattern").to_pylist()) if n else Counter()
+        alerts = pq.read_table(out) if n else None
+        patterns = Counter(alerts.column("pattern").to_pylist()) if n else Counter()
         detail = ", ".join(f"{p} {k}" for p, k in sorted(patterns.items())) or "none"
         print(f"  {bank}: {n} alerts ({detail}) -> {out}")
+        if n:  # what an analyst at this bank reads: the bank's own demo data, shown to itself
+            top = alerts.sort_by([("score", "descending")]).slice(0, 1).to_pylist()[0]
+            print(f"      e.g. [{top['pattern']}, score {top['score']:.2f}] {top['explanation']}")
     print(f"\neverything is under {workdir}/ (keys, sealed batches, sealed and opened alerts)")
     print("REMINDER: SIMULATED attestation - for development and demonstration only.")
     return 0

@@ -40,6 +40,7 @@ USD_PER_UNIT: dict[str, float] = {
 # --accounts 10000 --days 60 gives about 1.02 M transactions.
 TXNS_PER_ACCOUNT_DAY = 1.7
 LAUNDERING_SHARE = 0.007
+LOOKALIKE_SHARE = 0.02  # ordinary payments shaped like laundering legs (`_lookalikes`)
 MIN_INSTANCES_PER_PATTERN = 5
 
 TYPOLOGIES = (
@@ -301,6 +302,74 @@ def _reinvestment(rng, pop: _Population, n: int, days: int, out: _Edges) -> None
     out.add(co, co, t, usd, REINVEST)
 
 
+def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
+    """Ordinary payments shaped like single laundering legs: sizeable one-off transfers to new
+    counterparties at other banks (half of them abroad-linked) and accounts that receive such a
+    transfer and pass most of it on within hours (a remittance, a house deposit, a friend
+    settling a shared bill). Same amounts, formats and times of day as laundering legs, so one
+    bank's view of a mule's leg looks like these; what they lack is the next hop: the money
+    stops with the first recipient."""
+    eligible = np.concatenate([pop.persons, pop.companies])
+    abroad = np.flatnonzero(np.isin(pop.bank, [pop.bank_ids.index(b) for b in NON_MEMBER_BANKS])
+                            & (pop.role != MERCHANT))
+    fmt_codes = np.array(list(_LAUNDER_FORMATS), dtype=np.int8)
+    fmt_p = np.array(list(_LAUNDER_FORMATS.values()))
+
+    def amounts(k):
+        return np.clip(rng.lognormal(np.log(9_000), 0.6, k), 2_500, 120_000)
+
+    def parties(k, foreign_share):
+        acc = eligible[rng.integers(0, len(eligible), k)]
+        if len(abroad):
+            far = rng.random(k) < foreign_share
+            acc[far] = abroad[rng.integers(0, len(abroad), far.sum())]
+        return acc
+
+    def fmts(k):
+        return rng.choice(fmt_codes, size=k, p=fmt_p / fmt_p.sum())
+
+    # One-off transfers: half of the look-alike rows.
+    k = n // 2
+    src, dst = parties(k, 0.15), parties(k, 0.1)
+    t = rng.integers(0, days, k) * DAY + _daytime(rng, k)
+    usd = amounts(k) / rng.uniform(1, 4, k)
+    # A fifth sit just under the 10,000 USD reporting line (a used car, a deposit): one such
+    # payment is ordinary; a cluster of them on one party across banks is structuring.
+    band = rng.random(k) < 0.2
+    usd[band] = rng.uniform(8_500, 9_990, band.sum())
+    keep = src != dst
+    out.add(src[keep], dst[keep], t[keep], usd[keep], fmts(k)[keep])
+
+    # Forwarders: 1-3 payments in, 80-99.5 % of them out within 0.5-10 h to 1-3 others.
+    episodes = max(1, (n - k) // 4)
+    fwd = eligible[rng.integers(0, len(eligible), episodes)]
+    n_in, n_out = rng.integers(1, 3, episodes), rng.integers(1, 3, episodes)
+    total = amounts(episodes)
+    t_in = rng.integers(0, days, episodes) * DAY + _daytime(rng, episodes)
+    i_ep = np.repeat(np.arange(episodes), n_in)
+    part = rng.dirichlet(np.full(3, 6.0), episodes)
+    a_in = total[i_ep] * part[i_ep, np.arange(len(i_ep)) - np.repeat(np.cumsum(n_in) - n_in, n_in)]
+    ti = t_in[i_ep] + rng.integers(0, 6 * HOUR, len(i_ep))
+    payer = parties(len(i_ep), 0.05)
+    ok = (payer != fwd[i_ep]) & (ti < days * DAY)
+    share_in = np.bincount(i_ep[ok], weights=a_in[ok], minlength=episodes)
+    out.add(payer[ok], fwd[i_ep][ok], ti[ok], a_in[ok], fmts(len(i_ep))[ok])
+    last_in = np.zeros(episodes, np.int64)
+    np.maximum.at(last_in, i_ep, ti)
+    o_ep = np.repeat(np.arange(episodes), n_out)
+    o_part = rng.dirichlet(np.full(3, 6.0), episodes)
+    pos = np.arange(len(o_ep)) - np.repeat(np.cumsum(n_out) - n_out, n_out)
+    weight = o_part[o_ep, pos] / np.add.reduceat(o_part[o_ep, pos], np.cumsum(n_out) - n_out)[o_ep]
+    # Half keep a small fee like a layering hop, half pass on 80-97 % like a mule.
+    kept = np.where(rng.random(episodes) < 0.5, rng.uniform(0.97, 0.999, episodes),
+                    rng.uniform(0.80, 0.97, episodes))
+    a_out = share_in[o_ep] * kept[o_ep] * weight
+    to = last_in[o_ep] + rng.integers(HOUR // 2, 10 * HOUR, len(o_ep))
+    payee = parties(len(o_ep), 0.05)
+    ok = (payee != fwd[o_ep]) & (to < days * DAY)
+    out.add(fwd[o_ep][ok], payee[ok], to[ok], a_out[ok], fmts(len(o_ep))[ok])
+
+
 def _ordinary(rng, pop: _Population, days: int, out: _Edges) -> int:
     target = int(TXNS_PER_ACCOUNT_DAY * len(pop.bank) * days)
     before = sum(len(x) for x in out.src)
@@ -312,6 +381,7 @@ def _ordinary(rng, pop: _Population, days: int, out: _Edges) -> int:
     _friends(rng, pop, int(0.07 * rest), days, out)  # two transactions per pair
     _supplier_payments(rng, pop, int(0.10 * rest), days, out)
     _reinvestment(rng, pop, int(0.005 * rest), days, out)
+    _lookalikes(rng, pop, int(LOOKALIKE_SHARE * target), days, out)
     done = sum(len(x) for x in out.src) - before
     _card_purchases(rng, pop, max(0, target - done), days, out)
     return target
@@ -329,7 +399,13 @@ class _Instance:
         self.edges.append((int(src), int(dst), float(t), float(usd), int(fmt)))
 
 
-_LAUNDER_FORMATS = {WIRE: 0.45, ACH: 0.40, CASH: 0.08, CHEQUE: 0.07}
+# Laundering legs use the format mix of ordinary sizeable payments (supplier invoices,
+# salaries, transfers), so the format alone says nothing.
+_LAUNDER_FORMATS = {ACH: 0.50, WIRE: 0.30, CHEQUE: 0.14, CASH: 0.06}
+# Share of star shapes (fans, gather-scatter hubs, structuring parties) centred abroad.
+STAR_CENTER_ABROAD = 0.5
+# Share of participant draws from the ring of repeat launderers (the rest are one-off mules).
+RING_SHARE = 0.25
 
 
 class _Launderer:
@@ -349,17 +425,43 @@ class _Launderer:
 
     # participants ------------------------------------------------------------------------
     def accounts(self, k: int, min_banks: int = 2, pool: np.ndarray | None = None) -> np.ndarray:
-        """k distinct accounts spread over at least min_banks banks."""
+        """k distinct accounts laid across as many banks as possible: each next account is at
+        the bank used least so far in this instance (never the previous account's bank when
+        another is available), so any one bank sees only one or two legs of the pattern."""
         rng, bank = self.rng, self.pop.bank
-        for _ in range(50):
-            if pool is None:
-                src = self.ring if rng.random() < 0.5 else self.eligible
-            else:
-                src = pool
-            chosen = rng.choice(src, size=min(k, len(src)), replace=False)
-            if len(np.unique(bank[chosen])) >= min(min_banks, k):
-                return chosen
-        return chosen
+        if pool is None:
+            src = self.ring if rng.random() < RING_SHARE else self.eligible
+        else:
+            src = pool
+        cand = rng.choice(src, size=min(len(src), 4 * k + 20), replace=False)
+        if len(np.unique(bank[cand])) < min(min_banks, k) and pool is None:
+            cand = np.concatenate([cand, rng.choice(self.eligible, size=min(len(self.eligible), 4 * k + 20), replace=False)])
+            cand = cand[np.sort(np.unique(cand, return_index=True)[1])]
+        used: dict[int, int] = {}
+        chosen: list[int] = []
+        taken = np.zeros(len(cand), bool)
+        prev = -1
+        for _ in range(min(k, len(cand))):
+            b = bank[cand]
+            load = np.array([used.get(int(x), 0) for x in b], dtype=np.float64)
+            load += np.where(b == prev, 0.5, 0.0) + np.where(taken, np.inf, 0.0)
+            i = int(np.argmin(load))  # candidates are in random order: ties go to a random one
+            taken[i] = True
+            chosen.append(int(cand[i]))
+            prev = int(b[i])
+            used[prev] = used.get(prev, 0) + 1
+        return np.array(chosen, dtype=np.int64)
+
+    def center(self, others: np.ndarray) -> int:
+        """The hub of a star shape. Often abroad (a non-member bank): money wired in from, or
+        out to, a foreign account through many domestic accounts, so no member sees the star."""
+        pool = np.setdiff1d(self.abroad, others)
+        if len(pool) and self.rng.random() < STAR_CENTER_ABROAD:
+            return int(self.rng.choice(pool))
+        while True:
+            c = int(self.accounts(1, 1)[0])
+            if c not in others:
+                return c
 
     def companies(self, k: int) -> np.ndarray:
         return self.rng.choice(self.pop.companies, size=k, replace=False)
@@ -368,7 +470,9 @@ class _Launderer:
         return int(_pick_formats(self.rng, 1, _LAUNDER_FORMATS)[0])
 
     def amount(self) -> float:
-        return float(np.clip(self.rng.lognormal(np.log(40_000), 0.8), 5_000, 600_000))
+        # The size of an ordinary sizeable payment (salaries, invoices, transfers): a mule's
+        # inflow is not the largest payment its bank has ever seen it receive.
+        return float(np.clip(self.rng.lognormal(np.log(9_000), 0.6), 2_500, 120_000))
 
     def fee(self) -> float:
         return float(self.rng.uniform(0.005, 0.03))
@@ -384,21 +488,23 @@ class _Launderer:
     def fan_out(self) -> _Instance:
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(5, 16))
-        acc = self.accounts(k + 1, 3)
+        leaves = self.accounts(k, 3)
+        hub = self.center(leaves)
         window = self.hours(6, 72)
         times = np.sort(rng.uniform(0, window, k))
-        for d, t, a in zip(acc[1:], times, self.split(self.amount(), k)):
-            inst.pay(acc[0], d, t, a, self.fmt())
+        for d, t, a in zip(leaves, times, self.split(self.amount() * k / 3, k)):
+            inst.pay(hub, d, t, a, self.fmt())
         return inst
 
     def fan_in(self) -> _Instance:
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(5, 16))
-        acc = self.accounts(k + 1, 3)
+        leaves = self.accounts(k, 3)
+        hub = self.center(leaves)
         window = self.hours(6, 72)
         times = np.sort(rng.uniform(0, window, k))
-        for s, t, a in zip(acc[1:], times, self.split(self.amount(), k)):
-            inst.pay(s, acc[0], t, a, self.fmt())
+        for s, t, a in zip(leaves, times, self.split(self.amount() * k / 3, k)):
+            inst.pay(s, hub, t, a, self.fmt())
         return inst
 
     def _chain(self, acc: np.ndarray, dwell: tuple[float, float], fee: tuple[float, float]) -> _Instance:
@@ -432,9 +538,10 @@ class _Launderer:
     def gather_scatter(self) -> _Instance:
         rng, inst = self.rng, _Instance()
         k, m = int(rng.integers(3, 9)), int(rng.integers(3, 9))
-        acc = self.accounts(k + m + 1, 3)
-        hub, srcs, dsts = acc[0], acc[1:k + 1], acc[k + 1:]
-        total = self.amount()
+        acc = self.accounts(k + m, 3)
+        srcs, dsts = acc[:k], acc[k:]
+        hub = self.center(acc)
+        total = self.amount() * k / 3
         in_times = rng.uniform(0, self.hours(4, 36), k)
         for s, t, a in zip(srcs, in_times, self.split(total, k)):
             inst.pay(s, hub, t, a, self.fmt())
@@ -484,11 +591,10 @@ class _Launderer:
         """Many payments just under the 10,000 USD reporting threshold, across several banks."""
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(6, 16))
-        party = self.accounts(1, 1)[0]
         others = self.accounts(k, 3, pool=self.usd_accounts)
-        others = others[others != party]
+        party = self.center(others)
         window = self.hours(24, 96)
-        fmts = _pick_formats(rng, len(others), {CASH: 0.5, ACH: 0.3, WIRE: 0.2})
+        fmts = _pick_formats(rng, len(others), _LAUNDER_FORMATS)
         inbound = rng.random() < 0.6  # smurfs pay in to one party, or one party pays out
         payer_usd = self.pop.currency[party] == _CUR["USD"]
         for o, f in zip(others, fmts):
@@ -503,11 +609,13 @@ class _Launderer:
         """A mule receives money and forwards 80-95 % of it within hours."""
         rng, inst = self.rng, _Instance()
         n_in, n_out = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        acc = self.accounts(1 + n_in + n_out, 3)
-        mule, srcs, dsts = acc[0], acc[1:n_in + 1], acc[n_in + 1:]
-        total = self.amount() / 4
-        in_times = rng.uniform(0, self.hours(1, 12), n_in)
+        acc = self.accounts(2 + n_in + n_out, 3)
+        placer, mule, srcs, dsts = acc[0], acc[1], acc[2:n_in + 2], acc[n_in + 2:]
+        total = self.amount()
+        in_times = rng.uniform(0, self.hours(1, 12), n_in) + self.hours(2, 10)
         for s, t, a in zip(srcs, in_times, self.split(total, n_in)):
+            # Each payer was funded by the placer hours before: a link only the joint view sees.
+            inst.pay(placer, s, t - self.hours(0.5, 2), a / (1 - self.fee()), self.fmt())
             inst.pay(s, mule, t, a, self.fmt())
         forward = total * rng.uniform(0.80, 0.95)
         start = in_times.max() + self.hours(0.5, 8)

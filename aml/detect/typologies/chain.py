@@ -123,8 +123,9 @@ class PassThroughDetector(TypologyDetector):
 
     def __init__(self, max_dwell_hours=24, min_forward_share=0.75, max_forward_share=1.02,
                  min_amount=1000.0, min_edge_amount=200.0, max_payments=8,
-                 max_account_degree=400, min_new_counterparty_share=0.8, min_score=0.5,
-                 enabled=True):
+                 max_account_degree=400, min_new_counterparty_share=0.8,
+                 require_linked_hop=True, min_score=0.5, enabled=True):
+        self.require_linked_hop = require_linked_hop
         self.min_new_counterparty_share = min_new_counterparty_share
         self.max_dwell_hours = max_dwell_hours
         self.min_forward_share = min_forward_share
@@ -152,6 +153,16 @@ class PassThroughDetector(TypologyDetector):
         keep = (graph.degree[node] <= self.max_account_degree) & \
             (graph.src[e] != graph.dst[e])
         node, e, inbound = node[keep], e[keep], inbound[keep]
+        # Payments whose payer had just received about as much (a hop before) or whose payee
+        # passes it on (a hop after): a mule's money comes from and goes to other hops, an
+        # ordinary remittance stops with its recipient. Only the joint graph shows both sides.
+        dwell = int(self.max_dwell_hours * HOUR)
+        before, after = forward_links(graph, dwell, self.min_forward_share / 1.2,
+                                      self.max_forward_share, self.min_edge_amount)
+        self._fed = np.zeros(len(graph), bool)
+        self._fed[after] = True
+        self._moved_on = np.zeros(len(graph), bool)
+        self._moved_on[before] = True
         out = []
         seen = set()
         for bucket in window_buckets(graph.t[e], w):
@@ -194,6 +205,9 @@ class PassThroughDetector(TypologyDetector):
         if dwell_h < 0 or dwell_h > self.max_dwell_hours:
             return None  # paying out before the money arrived (ordinary turnover), or too late
         edges = np.concatenate([ins.e.to_numpy(), outs.e.to_numpy()])
+        linked = bool(self._fed[ins.e.to_numpy()].any() or self._moved_on[outs.e.to_numpy()].any())
+        if self.require_linked_hop and not linked:
+            return None
         new_share = float(graph.pair_first[edges].mean())
         if new_share < self.min_new_counterparty_share:
             return None  # regular payers and payees: a business, not a mule
