@@ -50,15 +50,23 @@ def run_consortium(enclave_dir: Path, inbox: Path, outbox: Path) -> str:
     return format_summary(consortium_run(*args))
 
 
-def serve(enclave_dir: Path, inbox: Path, outbox: Path, cron: str, name: str) -> int:
-    """Serve the flow as a scheduled deployment (needs a Prefect server: PREFECT_API_URL)."""
+def build_deployment(enclave_dir: Path, inbox: Path, outbox: Path, cron: str, name: str):
+    """The nightly deployment: its parameters are the three directory paths and nothing else."""
     args = _check_dirs(Path(enclave_dir), Path(inbox), Path(outbox))
     import aml.prefect_env  # noqa: F401  (before prefect)
     from flows.consortium import consortium_run
 
-    consortium_run.serve(
+    return consortium_run.to_deployment(
         name=name, cron=cron,
         parameters={"enclave_dir": args[0], "inbox": args[1], "outbox": args[2]},
         description="Nightly consortium run over the sealed batches in the inbox.",
     )
+
+
+def serve(enclave_dir: Path, inbox: Path, outbox: Path, cron: str, name: str) -> int:
+    """Serve the flow as a scheduled deployment (needs a Prefect server: PREFECT_API_URL)."""
+    deployment = build_deployment(enclave_dir, inbox, outbox, cron, name)
+    from prefect import serve as prefect_serve
+
+    prefect_serve(deployment)
     return 0
