@@ -40,7 +40,7 @@ USD_PER_UNIT: dict[str, float] = {
 # --accounts 10000 --days 60 gives about 1.02 M transactions.
 TXNS_PER_ACCOUNT_DAY = 1.7
 LAUNDERING_SHARE = 0.007
-LOOKALIKE_SHARE = 0.02  # ordinary payments shaped like laundering legs (`_lookalikes`)
+LOOKALIKE_SHARE = 0.04  # ordinary payments shaped like laundering legs (`_lookalikes`)
 MIN_INSTANCES_PER_PATTERN = 5
 
 TYPOLOGIES = (
@@ -309,7 +309,10 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     settling a shared bill). Same amounts, formats and times of day as laundering legs, so one
     bank's view of a mule's leg looks like these; what they lack is the next hop: the money
     stops with the first recipient."""
+    # Senders, forwarders and final recipients come from three disjoint thirds of the accounts,
+    # so look-alikes never chain into multi-hop flows by coincidence.
     eligible = np.concatenate([pop.persons, pop.companies])
+    group = rng.integers(0, 3, len(eligible))
     abroad = np.flatnonzero(np.isin(pop.bank, [pop.bank_ids.index(b) for b in NON_MEMBER_BANKS])
                             & (pop.role != MERCHANT))
     fmt_codes = np.array(list(_LAUNDER_FORMATS), dtype=np.int8)
@@ -318,8 +321,9 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     def amounts(k):
         return np.clip(rng.lognormal(np.log(9_000), 0.6, k), 2_500, 120_000)
 
-    def parties(k, foreign_share):
-        acc = eligible[rng.integers(0, len(eligible), k)]
+    def parties(k, foreign_share, role):
+        pool = eligible[group == role]
+        acc = pool[rng.integers(0, len(pool), k)]
         if len(abroad):
             far = rng.random(k) < foreign_share
             acc[far] = abroad[rng.integers(0, len(abroad), far.sum())]
@@ -330,7 +334,7 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
 
     # One-off transfers: half of the look-alike rows.
     k = n // 2
-    src, dst = parties(k, 0.15), parties(k, 0.1)
+    src, dst = parties(k, 0.15, 0), parties(k, 0.1, 2)
     t = rng.integers(0, days, k) * DAY + _daytime(rng, k)
     usd = amounts(k) / rng.uniform(1, 4, k)
     # A fifth sit just under the 10,000 USD reporting line (a used car, a deposit): one such
@@ -342,7 +346,7 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
 
     # Forwarders: 1-3 payments in, 80-99.5 % of them out within 0.5-10 h to 1-3 others.
     episodes = max(1, (n - k) // 4)
-    fwd = eligible[rng.integers(0, len(eligible), episodes)]
+    fwd = parties(episodes, 0.0, 1)
     n_in, n_out = rng.integers(1, 3, episodes), rng.integers(1, 3, episodes)
     total = amounts(episodes)
     t_in = rng.integers(0, days, episodes) * DAY + _daytime(rng, episodes)
@@ -350,7 +354,7 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     part = rng.dirichlet(np.full(3, 6.0), episodes)
     a_in = total[i_ep] * part[i_ep, np.arange(len(i_ep)) - np.repeat(np.cumsum(n_in) - n_in, n_in)]
     ti = t_in[i_ep] + rng.integers(0, 6 * HOUR, len(i_ep))
-    payer = parties(len(i_ep), 0.05)
+    payer = parties(len(i_ep), 0.0, 0)
     ok = (payer != fwd[i_ep]) & (ti < days * DAY)
     share_in = np.bincount(i_ep[ok], weights=a_in[ok], minlength=episodes)
     out.add(payer[ok], fwd[i_ep][ok], ti[ok], a_in[ok], fmts(len(i_ep))[ok])
@@ -365,7 +369,7 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
                     rng.uniform(0.80, 0.97, episodes))
     a_out = share_in[o_ep] * kept[o_ep] * weight
     to = last_in[o_ep] + rng.integers(HOUR // 2, 10 * HOUR, len(o_ep))
-    payee = parties(len(o_ep), 0.05)
+    payee = parties(len(o_ep), 0.0, 2)
     ok = (payee != fwd[o_ep]) & (to < days * DAY)
     out.add(fwd[o_ep][ok], payee[ok], to[ok], a_out[ok], fmts(len(o_ep))[ok])
 
@@ -529,7 +533,7 @@ class _Launderer:
         k = int(rng.integers(3, 9))
         acc = self.accounts(k + 2, 3)
         src, mids, dst = acc[0], acc[1:-1], acc[-1]
-        for m, a in zip(mids, self.split(self.amount(), k)):
+        for m, a in zip(mids, self.split(self.amount() * k / 3, k)):
             t1 = self.hours(0, 24)
             inst.pay(src, m, t1, a, self.fmt())
             inst.pay(m, dst, t1 + self.hours(1, 30), a * (1 - self.fee()), self.fmt())
@@ -559,7 +563,7 @@ class _Launderer:
         link = rng.random((na, nb)) < 0.7
         link[np.arange(na), rng.integers(0, nb, na)] = True    # every payer pays someone
         link[rng.integers(0, na, nb), np.arange(nb)] = True    # every payee is paid
-        per_edge = self.amount() / link.sum()
+        per_edge = self.amount() / 3  # legs the size of a fan's
         window = self.hours(12, 72)
         for i, j in zip(*np.nonzero(link)):
             inst.pay(left[i], right[j], rng.uniform(0, window), per_edge * rng.uniform(0.8, 1.2), self.fmt())
@@ -573,7 +577,7 @@ class _Launderer:
         layers = np.split(acc, np.cumsum(sizes)[:-1])
         received = dict.fromkeys(layers[1].tolist(), 0.0)
         last_in = dict.fromkeys(layers[1].tolist(), 0.0)
-        per_edge = self.amount() / (sizes[0] * sizes[1])
+        per_edge = self.amount() / 3
         for s in layers[0]:
             for m in layers[1]:
                 t, a = self.hours(0, 24), per_edge * rng.uniform(0.8, 1.2)

@@ -6,10 +6,16 @@ Two baselines, so the ratio means something:
   raw GCM, memory     AESGCM.encrypt_into over the bytes already in RAM (the CPU ceiling)
   raw GCM, file->file read 1 MiB, encrypt_into a reused buffer, write, fsync (the same I/O
                       and durability as seal_file)
+  SHA-256, memory     hashlib over the same bytes: the signature's digest pass, which the
+                      format requires over the whole ciphertext (a serial hash)
+  seal_bytes          aml.crypto.container.seal_bytes, memory to memory (compare: raw memory)
   seal / open         aml.crypto.container.seal_file / open_file, streamed file to file
-Sealing adds one SHA-256 pass over the ciphertext (the signature's digest); opening hashes
-the whole file before it decrypts anything (verify first). On a CPU with VAES, AES-GCM is
-the cheap part: SHA-256 and the I/O set the pace.
+                      (compare: raw file->file)
+Sealing adds one SHA-256 pass over the ciphertext (the signature's digest); a helper thread
+hashes and writes chunk i while the caller encrypts chunk i+1, so the slower of the two sets
+the pace. Opening hashes the whole file before it decrypts anything (verify first). On a CPU
+with VAES, AES-GCM is the cheap part: SHA-256 and the I/O set the pace, so against raw GCM in
+memory sealing is bounded by SHA-256 / AES-GCM speed (the "SHA-256 ceiling" line).
 Target: sealing >= 0.5x raw file-to-file GCM.
 """
 
@@ -24,7 +30,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aml.crypto.container import Header, open_file, seal_file
+from aml.crypto.container import Header, open_file, seal_bytes, seal_file
 from aml.crypto.keys import BankKeyPair
 
 
@@ -67,6 +73,27 @@ def raw_gcm_file(src: Path, dst: Path, chunk: int) -> float:
     return time.perf_counter() - start
 
 
+def sha256_memory(path: Path, chunk: int) -> float:
+    data = path.read_bytes()
+    view = memoryview(data)
+    h = hashlib.sha256()
+    start = time.perf_counter()
+    for at in range(0, len(data), chunk):
+        h.update(view[at : at + chunk])
+    elapsed = time.perf_counter() - start
+    del view, data
+    return elapsed
+
+
+def seal_memory(path: Path, header, recipient, sender) -> float:
+    data = path.read_bytes()
+    start = time.perf_counter()
+    sealed = seal_bytes(data, header, recipient, sender)
+    elapsed = time.perf_counter() - start
+    del sealed, data
+    return elapsed
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -94,6 +121,8 @@ def main() -> None:
         raw_gcm_file(src, raw, chunk)  # warm the page cache and the allocator
         raw.unlink()
         t_mem = raw_gcm_memory(src, chunk)
+        t_sha = sha256_memory(src, chunk)
+        t_seal_mem = seal_memory(src, header, enclave.public, bank)
         t_raw = raw_gcm_file(src, raw, chunk)
         raw.unlink()
         start = time.perf_counter()
@@ -107,12 +136,13 @@ def main() -> None:
     mbps = lambda t: size / t / 1e6  # noqa: E731
     print(f"payload {size / 2**20:.0f} MiB, chunk {chunk / 2**20:g} MiB, cpus {os.cpu_count()}")
     print(f"{'raw AES-256-GCM, memory':28s} {mbps(t_mem):9.0f} MB/s")
+    print(f"{'SHA-256, memory':28s} {mbps(t_sha):9.0f} MB/s   (ceiling for sealing: {t_mem / t_sha:.2f}x raw memory)")
+    print(f"{'seal_bytes, memory':28s} {mbps(t_seal_mem):9.0f} MB/s   {t_mem / t_seal_mem:.2f}x raw memory")
     print(f"{'raw AES-256-GCM, file->file':28s} {mbps(t_raw):9.0f} MB/s")
-    print(f"{'seal_file':28s} {mbps(t_seal):9.0f} MB/s   {t_raw / t_seal:.2f}x raw file->file, "
-          f"{t_mem / t_seal:.2f}x raw memory")
-    print(f"{'open_file':28s} {mbps(t_open):9.0f} MB/s   {t_raw / t_open:.2f}x raw file->file, "
+    print(f"{'seal_file, file->file':28s} {mbps(t_seal):9.0f} MB/s   {t_raw / t_seal:.2f}x raw file->file "
+          f"(target >= 0.5x: {'met' if t_raw / t_seal >= 0.5 else 'NOT met'}), {t_mem / t_seal:.2f}x raw memory")
+    print(f"{'open_file, file->file':28s} {mbps(t_open):9.0f} MB/s   {t_raw / t_open:.2f}x raw file->file, "
           f"{t_mem / t_open:.2f}x raw memory")
-
 
 if __name__ == "__main__":
     main()

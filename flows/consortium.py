@@ -16,6 +16,7 @@ that step: verified, unsealed, detected, delivered, committed. For crash-recover
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -343,12 +344,26 @@ def _coded(exc: EnclaveTaskError) -> AmlError:
     return err
 
 
+def _one_prefect_server():
+    """With Prefect's temporary server (no PREFECT_API_URL), point the runs' settings at it, so
+    the enclave worker talks to the same server instead of starting a temporary server of its
+    own (5-7 s at every run, and a second server on the same database)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return contextlib.nullcontext()
+    url = str(get_client(sync_client=True).api_url)  # the flow run's own client: no new server
+    return temporary_settings(updates={PREFECT_API_URL: url})
+
+
 @flow(name="consortium-run", task_runner=EnclaveTaskRunner(), persist_result=False, log_prints=False)
 def consortium_run(enclave_dir: str, inbox: str, outbox: str) -> dict:
     """One consortium run over the sealed batches in INBOX. Parameters are paths only."""
     failure: AmlError | None = None
     try:
-        return _run(enclave_dir, inbox, outbox)
+        with _one_prefect_server():
+            return _run(enclave_dir, inbox, outbox)
     except AmlError as exc:
         failure = exc
     except Exception as exc:  # its message may hold anything: keep only the type name

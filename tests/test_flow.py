@@ -73,6 +73,25 @@ def test_history_joins_later_copy_and_same_bank_resend_replaces():
     assert later.counts["history_rows"] == 2
 
 
+def test_one_disagreeing_copy_among_three_makes_a_conflict_and_a_resend_can_clear_it():
+    agree = [("B01", txns([row("t1")])), ("B02", txns([row("t1")]))]
+    m = merge_batches(agree + [("B03", txns([row("t1", src="other")]))])
+    assert m.merged.num_rows == 0 and m.counts["conflicts"] == 1
+    # B03 corrects its copy in a later batch of the same run: its latest copy counts.
+    fixed = merge_batches(agree + [("B03", txns([row("t1", src="other")])), ("B03", txns([row("t1")]))])
+    assert fixed.merged.column("submitted_by").to_pylist() == [["B01", "B02", "B03"]]
+    assert fixed.counts["conflicts"] == 0 and fixed.counts["cross_bank"] == 1
+
+
+def test_batches_without_rows_merge_to_an_empty_table_with_history_kept():
+    empty = TRANSACTION_SCHEMA.empty_table()
+    assert merge_batches([("B01", empty), ("B02", empty)]).merged.num_rows == 0
+    hist = merge_batches([("B01", txns([row("t1", label=0)]))]).history()
+    m = merge_batches([("B01", empty)], hist)
+    assert m.merged.column("txn_id").to_pylist() == ["t1"]
+    assert m.merged.column("is_new").to_pylist() == [False] and m.counts["history_rows"] == 1
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["B01", "B02", "B03"]), st.sampled_from(["B01", "B02", "B03"]),
                           st.integers(1, 10_000)), min_size=1, max_size=30))

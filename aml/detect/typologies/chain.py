@@ -157,7 +157,7 @@ class PassThroughDetector(TypologyDetector):
         # passes it on (a hop after): a mule's money comes from and goes to other hops, an
         # ordinary remittance stops with its recipient. Only the joint graph shows both sides.
         dwell = int(self.max_dwell_hours * HOUR)
-        before, after = forward_links(graph, dwell, self.min_forward_share / 1.2,
+        before, after = forward_links(graph, dwell, self.min_forward_share,
                                       self.max_forward_share, self.min_edge_amount)
         self._fed = np.zeros(len(graph), bool)
         self._fed[after] = True

@@ -23,7 +23,9 @@ class ScatterGatherDetector(TypologyDetector):
     name = "scatter_gather"
 
     def __init__(self, window_hours=96, min_intermediaries=3, min_edge_amount=500.0,
-                 min_conservation=0.5, max_conservation=1.05, min_score=0.5, enabled=True):
+                 min_conservation=0.5, max_conservation=1.05, min_new_counterparty_share=0.5,
+                 min_score=0.5, enabled=True):
+        self.min_new_counterparty_share = min_new_counterparty_share
         self.window_hours = window_hours
         self.min_intermediaries = min_intermediaries
         self.min_edge_amount = min_edge_amount
@@ -74,6 +76,8 @@ class ScatterGatherDetector(TypologyDetector):
             return None
         mids = int(g.m.nunique())
         new_share = share(graph.pair_first[np.concatenate([e1, e2])])
+        if new_share < self.min_new_counterparty_share:
+            return None  # suppliers paying their own suppliers: known relationships
         score = 0.5 + 0.2 * new_share + 0.2 * min(1.0, mids / (2 * self.min_intermediaries)) \
             + 0.1 * (ratio >= 0.8)
         return self._instance(np.concatenate([e1, e2]), score, center=s, sink=d, hops=2,
@@ -92,7 +96,8 @@ class GatherScatterDetector(TypologyDetector):
 
     def __init__(self, window_hours=72, min_sources=3, min_destinations=3, max_degree=60,
                  min_edge_amount=500.0, min_conservation=0.5, max_conservation=1.1,
-                 min_score=0.5, enabled=True):
+                 min_new_counterparty_share=0.5, min_score=0.5, enabled=True):
+        self.min_new_counterparty_share = min_new_counterparty_share
         self.window_hours = window_hours
         self.min_sources = min_sources
         self.min_destinations = min_destinations
@@ -136,6 +141,8 @@ class GatherScatterDetector(TypologyDetector):
                 continue
             edges = np.concatenate([e_in, e_out])
             new_share = share(graph.pair_first[edges])
+            if new_share < self.min_new_counterparty_share:
+                continue  # a business trading with its regular customers and suppliers
             score = 0.5 + 0.2 * after + 0.3 * (0.8 <= ratio <= 1.02)
             if score >= self.min_score:
                 out.append(self._instance(
