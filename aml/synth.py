@@ -4,7 +4,10 @@ Generates labelled transactions between accounts at several member banks (`B01`.
 non-member banks (`X01`, `X02`): ordinary traffic (payroll, card purchases, bills, friends paying
 each other back, supplier invoices, self-transfers, reinvestment) plus labelled laundering in the
 eight AMLworld typologies, structuring, pass-through mules, and laundering disguised as payroll or
-supplier payments. docs/synthetic-data.md describes every shape and its ordinary look-alike.
+supplier payments. Laundering is laid across banks so each member sees one or two legs, with the
+amounts, formats and times of ordinary sizeable payments, and ordinary look-alikes of single legs
+(one-off transfers, forwarders) make one bank's view ambiguous: the cross-bank graph is what
+tells them apart. docs/synthetic-data.md describes every shape and its ordinary look-alike.
 
 Ordinary traffic is generated fully vectorised (no Python loop per transaction); laundering is
 generated one pattern instance at a time, since instances are few. Everything is drawn from one
@@ -40,7 +43,7 @@ USD_PER_UNIT: dict[str, float] = {
 # --accounts 10000 --days 60 gives about 1.02 M transactions.
 TXNS_PER_ACCOUNT_DAY = 1.7
 LAUNDERING_SHARE = 0.007
-LOOKALIKE_SHARE = 0.04  # ordinary payments shaped like laundering legs (`_lookalikes`)
+LOOKALIKE_SHARE = 0.03  # ordinary payments shaped like laundering legs (`_lookalikes`)
 MIN_INSTANCES_PER_PATTERN = 5
 
 TYPOLOGIES = (
@@ -336,7 +339,8 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     k = n // 2
     src, dst = parties(k, 0.15, 0), parties(k, 0.1, 2)
     t = rng.integers(0, days, k) * DAY + _daytime(rng, k)
-    usd = amounts(k) / rng.uniform(1, 4, k)
+    # Sized like laundering legs: a whole hop's sum, or a third of one (a fan's leg).
+    usd = amounts(k) * np.where(rng.random(k) < 0.6, rng.beta(6, 12, k), 1.0)
     # A fifth sit just under the 10,000 USD reporting line (a used car, a deposit): one such
     # payment is ordinary; a cluster of them on one party across banks is structuring.
     band = rng.random(k) < 0.2
@@ -409,7 +413,7 @@ _LAUNDER_FORMATS = {ACH: 0.50, WIRE: 0.30, CHEQUE: 0.14, CASH: 0.06}
 # Share of star shapes (fans, gather-scatter hubs, structuring parties) centred abroad.
 STAR_CENTER_ABROAD = 0.5
 # Share of participant draws from the ring of repeat launderers (the rest are one-off mules).
-RING_SHARE = 0.25
+RING_SHARE = 0.1
 
 
 class _Launderer:

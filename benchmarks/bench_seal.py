@@ -11,9 +11,9 @@ Two baselines, so the ratio means something:
   seal_bytes          aml.crypto.container.seal_bytes, memory to memory (compare: raw memory)
   seal / open         aml.crypto.container.seal_file / open_file, streamed file to file
                       (compare: raw file->file)
-Sealing adds one SHA-256 pass over the ciphertext (the signature's digest); a helper thread
-hashes and writes chunk i while the caller encrypts chunk i+1, so the slower of the two sets
-the pace. Opening hashes the whole file before it decrypts anything (verify first). On a CPU
+Sealing adds one SHA-256 pass over the ciphertext (the signature's digest), chunk by chunk
+into reused buffers. Overlapping that hash with the encryption in a second thread was tried
+and measured no faster (docs/scaling.md), so sealing stays single-threaded. Opening hashes the whole file before it decrypts anything (verify first). On a CPU
 with VAES, AES-GCM is the cheap part: SHA-256 and the I/O set the pace, so against raw GCM in
 memory sealing is bounded by SHA-256 / AES-GCM speed (the "SHA-256 ceiling" line).
 Target: sealing >= 0.5x raw file-to-file GCM.

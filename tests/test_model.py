@@ -115,3 +115,16 @@ def test_score_transactions_on_a_graph():
     flagged = scores >= target
     # trained and scored on the same labelled edges: alerts should be mostly laundering
     assert labels[flagged].mean() > 0.5
+
+
+def test_threshold_is_chosen_on_the_given_rows_only():
+    """The pipeline passes the rows no typology covers: the cut-off is tuned on those."""
+    X, y = separable()
+    full = small().fit(X, y)
+    same = small().fit(X, y, threshold_rows=np.ones(len(y), bool))
+    assert same.threshold_ == full.threshold_
+    clear = np.abs(X[:, 0] + 0.5 * X[:, 1] - 2.3) > 0.6  # rows far from the class boundary
+    restricted = small().fit(X, y, threshold_rows=clear)
+    assert restricted.threshold_ != full.threshold_
+    # training itself is unchanged: same booster, same raw scores
+    assert np.array_equal(restricted.raw_score(X), full.raw_score(X))

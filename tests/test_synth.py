@@ -176,11 +176,49 @@ def test_structuring_stays_just_under_the_threshold(laundering):
 
 def test_pass_through_forwards_most_within_hours(laundering):
     for g in _instances(laundering, "pass_through"):
-        mule = (set(g["src_account"]) & set(g["dst_account"])).pop()
+        terminal = set(g["dst_account"]) - set(g["src_account"])
+        mules = set(g.loc[g["dst_account"].isin(terminal), "src_account"])
+        assert len(mules) == 1
+        mule = mules.pop()
         inflow, outflow = g[g["dst_account"] == mule], g[g["src_account"] == mule]
         assert 0.78 <= outflow["usd"].sum() / inflow["usd"].sum() <= 0.96
         dwell = (outflow["timestamp"].min() - inflow["timestamp"].max()).total_seconds()
         assert 0 <= dwell <= 12 * 3600
+        # Every payer of the mule was itself funded just before: the hop before is laundering too.
+        for _, pay in inflow.iterrows():
+            fed = g[(g["dst_account"] == pay["src_account"]) & (g["timestamp"] < pay["timestamp"])]
+            assert len(fed) == 1
+
+
+def test_patterns_are_laid_across_banks(laundering):
+    """Each bank sees one or two legs: hops of chains and cycles cross a bank every time,
+    a fan's leaves are spread over the banks, and star centres are often abroad."""
+    for name in ("cycle", "random_chain"):
+        for g in _instances(laundering, name):
+            assert (g["src_bank"] != g["dst_bank"]).all()
+    centres_abroad = []
+    for name, side, leaf in (("fan_out", "src", "dst"), ("fan_in", "dst", "src")):
+        for g in _instances(laundering, name):
+            assert g[f"{leaf}_bank"].value_counts().iloc[0] <= max(2, len(g) / 2)
+            centres_abroad.append(g[f"{side}_bank"].iloc[0].startswith("X"))
+    assert 0.0 < np.mean(centres_abroad) <= 0.8
+
+
+def test_laundering_legs_look_like_ordinary_sizeable_payments(small, laundering):
+    df, _, _, _ = small
+    clean = df[df["label"] == 0].assign(usd=lambda d: _usd(d["amount"], d["currency"]))
+    sizeable = clean[clean["usd"] >= 1_000]
+    legs = laundering[~laundering["pattern"].isin(DISGUISED)]
+    legs = legs.assign(usd=_usd(legs["amount"], legs["currency"]))
+    assert 0.5 < legs["usd"].median() / sizeable["usd"].median() < 2.0
+    assert set(legs["payment_format"]) - {"Bitcoin"} <= set(sizeable["payment_format"])
+    # Ordinary forwarders: a first-time payer's sizeable transfer passed on within 10 hours.
+    sizeable = sizeable.sort_values("timestamp")
+    inn = sizeable[["dst_account", "timestamp", "usd"]].rename(columns={"dst_account": "acc"})
+    out = sizeable[["src_account", "timestamp", "usd"]].rename(columns={"src_account": "acc"})
+    pairs = pd.merge_asof(out, inn, on="timestamp", by="acc", direction="backward",
+                          tolerance=pd.Timedelta(hours=10), suffixes=("_out", "_in")).dropna()
+    assert (pairs["usd_out"] / pairs["usd_in"]).between(0.8, 1.0).sum() > 20
 
 
 def test_scatter_gather_and_gather_scatter_meet_in_the_middle(laundering):

@@ -237,10 +237,21 @@ def test_random_chain_quiet_on_slow_respending(config):
 
 def test_pass_through_found(config):
     b = Book()
+    b.pay("A0000129", "A0000130", -1, 20300)  # the payer was funded just before: a linked hop
     rows = [b.pay("A0000130", "A0000131", 0, 20000),
             b.pay("A0000131", "A0000132", 2, 9000), b.pay("A0000131", "A0000133", 3, 8500)]
     inst = assert_found("pass_through", b, config, rows)
     assert inst.evidence["forward_share"] == pytest.approx(17500 / 20000)
+
+
+def test_pass_through_quiet_on_a_one_hop_remittance(config):
+    """The same forwarding with nothing before or after it: an ordinary remittance. Only the
+    joint view can tell it from a mule, by the hop before or after."""
+    b = Book()
+    b.pay("A0000135", "A0000136", 0, 20000)
+    b.pay("A0000136", "A0000137", 2, 9000)
+    b.pay("A0000136", "A0000138", 3, 8500)
+    assert_quiet("pass_through", b, config)
 
 
 def test_pass_through_quiet_on_salary_and_bills(config):

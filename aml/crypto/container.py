@@ -26,7 +26,6 @@ import os
 import re
 import struct
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -297,27 +296,12 @@ def _seal_stream(read_into, data_len: int, header: Header, recipient_x25519_publ
     source = _Plaintext(read_into, data_len)
     n = chunk_count(payload_len, chunk_size)
     plain = memoryview(bytearray(min(chunk_size, payload_len)))
-    if n == 1:
-        cipher = memoryview(bytearray(payload_len + TAG_LEN))
-        source.fill(plain)
-        aead.encrypt_into(_nonce(0, True), plain, None, cipher)
-        emit(cipher)
-    else:
-        # Two ciphertext buffers: a helper thread hashes and writes chunk i-1 (hashlib and file
-        # writes release the GIL) while this thread reads and encrypts chunk i. SHA-256 over the
-        # ciphertext is the slowest pass, so it no longer waits for the encryption.
-        ciphers = (memoryview(bytearray(chunk_size + TAG_LEN)), memoryview(bytearray(chunk_size + TAG_LEN)))
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-seal") as pool:
-            pending = None
-            for i in range(n):
-                size = chunk_size if i < n - 1 else payload_len - chunk_size * (n - 1)
-                cipher = ciphers[i % 2][: size + TAG_LEN]  # its last user, chunk i-2, is done
-                source.fill(plain[:size])
-                aead.encrypt_into(_nonce(i, i == n - 1), plain[:size], None, cipher)
-                if pending is not None:
-                    pending.result()  # keep the order: chunk i-1 is hashed and written first
-                pending = pool.submit(emit, cipher)
-            pending.result()
+    cipher = memoryview(bytearray(len(plain) + TAG_LEN))
+    for i in range(n):
+        size = chunk_size if i < n - 1 else payload_len - chunk_size * (n - 1)
+        source.fill(plain[:size])
+        aead.encrypt_into(_nonce(i, i == n - 1), plain[:size], None, cipher[: size + TAG_LEN])
+        emit(cipher[: size + TAG_LEN])
     write(signer.sign(SIGNATURE_LABEL + header_bytes + body.digest()))
 
 

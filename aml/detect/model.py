@@ -80,13 +80,16 @@ class PooledModel(ClassifierMixin, BaseEstimator):
             early_stopping=False, random_state=self.random_state,
         )
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, threshold_rows=None):
+        """`threshold_rows` (bool mask, optional): the rows the F1-optimal threshold is chosen
+        on. The pipeline passes the rows no typology instance covers, so the threshold is the
+        best one for what the model adds on top of the rules, not for what they already find."""
         # OpenMP threads: a fixed, small number (default 1). Oversubscribed cores make
         # scikit-learn's OpenMP loops many times slower, and results do not depend on it.
         with threadpool_limits(self.n_threads):
-            return self._fit(X, y)
+            return self._fit(X, y, threshold_rows)
 
-    def _fit(self, X, y):
+    def _fit(self, X, y, threshold_rows=None):
         X = np.asarray(X, dtype=np.float64)
         y = None if y is None else np.asarray(y, dtype=np.float64)
         self.n_features_in_ = X.shape[1]
@@ -97,11 +100,12 @@ class PooledModel(ClassifierMixin, BaseEstimator):
         if n_pos < self.min_positives or n_pos == len(yk):
             return self._fit_unsupervised(X)
         Xk = X[known]
+        tk = None if threshold_rows is None else np.asarray(threshold_rows, bool)[known]
         self.mode_ = "supervised"
         n_neg = int((yk == 0).sum())
         cap = self.max_train_negatives
         rate = 1.0 if cap is None or n_neg <= cap else cap / n_neg
-        self.threshold_ = self._choose_threshold(Xk, yk, rate)
+        self.threshold_ = self._choose_threshold(Xk, yk, rate, tk)
         keep = self._training_rows(yk, rate)
         self.estimator_ = self._booster().fit(Xk[keep], yk[keep])
         return self
@@ -118,14 +122,18 @@ class PooledModel(ClassifierMixin, BaseEstimator):
         neg = rng.choice(neg, size=int(round(rate * len(neg))), replace=False)
         return np.sort(np.concatenate([np.flatnonzero(y == 1), neg]))
 
-    def _choose_threshold(self, X, y, rate: float) -> float:
-        """F1-optimal threshold on the latest slice of the (time-ordered) labelled rows."""
+    def _choose_threshold(self, X, y, rate: float, rows=None) -> float:
+        """F1-optimal threshold on the latest slice of the (time-ordered) labelled rows
+        (only those in `rows`, when given and they hold laundering)."""
         cut = int(len(y) * (1.0 - self.validation_fraction))
         if y[:cut].sum() < 1 or y[cut:].sum() < 1 or len(np.unique(y[:cut])) < 2:
             return 0.5
         keep = self._training_rows(y[:cut], rate)
         p = self._booster().fit(X[:cut][keep], y[:cut][keep]).predict_proba(X[cut:])[:, 1]
-        precision, recall, thresholds = precision_recall_curve(y[cut:], p)
+        yv = y[cut:]
+        if rows is not None and yv[rows[cut:]].sum() >= 1:
+            p, yv = p[rows[cut:]], yv[rows[cut:]]
+        precision, recall, thresholds = precision_recall_curve(yv, p)
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         best = int(np.argmax(f1[:-1])) if len(thresholds) else 0
         return float(np.clip(thresholds[best], 1e-6, 1 - 1e-6)) if len(thresholds) else 0.5
@@ -230,6 +238,10 @@ def score_transactions(graph, instances, config) -> tuple[np.ndarray, str]:
     use_patterns = bool(section.get("use_pattern_features", False))
     X = transaction_features(graph, instances if use_patterns else None, config).to_numpy(np.float64)
     y = graph.edges["label"].to_numpy(np.float64)
-    model.fit(X, y)
+    uncovered = np.ones(n, dtype=bool)
+    if section.get("threshold_on_uncovered", True):
+        for inst in instances or ():
+            uncovered[inst.edge_idx] = False
+    model.fit(X, y, threshold_rows=uncovered)
     target = float(section.get("threshold", 0.5))
     return calibrate(model.raw_score(X), model.threshold_, target), digest

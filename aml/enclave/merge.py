@@ -63,15 +63,16 @@ def _array(column) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _codes(column) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes for a string column whose order follows the strings' order, and the
-    distinct values in that order."""
+def _codes(column) -> np.ndarray:
+    """Integer codes for a string column: equal strings, equal codes (first-seen order)."""
+    return pc.dictionary_encode(_array(column)).indices.to_numpy().astype(np.int64)
+
+
+def _ranks(column) -> np.ndarray:
+    """Integer codes for a string column with few distinct values, in the strings' order."""
     encoded = pc.dictionary_encode(_array(column))
-    values = encoded.dictionary.to_numpy(zero_copy_only=False)
-    order = np.argsort(values, kind="stable")
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    return rank[encoded.indices.to_numpy()], values[order]
+    rank = np.argsort(np.argsort(encoded.dictionary.to_numpy(zero_copy_only=False), kind="stable"))
+    return rank[encoded.indices.to_numpy()].astype(np.int64)
 
 
 def _differs_from_first(column: pa.Array, rows: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -98,8 +99,8 @@ def merge_batches(batches: list[tuple[str, pa.Table]], history: pa.Table | None 
 
     # One key per (payment, bank), ordered by payment then bank name; a stable sort keeps the
     # copies of one key in arrival order, so the last of each run is the latest copy.
-    txn, _ = _codes(stacked["txn_id"])
-    bank, _ = _codes(banks)
+    txn = _codes(stacked["txn_id"])  # grouping only: the output is sorted by (timestamp, txn_id) below
+    bank = _ranks(banks)
     key = txn * (int(bank.max()) + 1 if len(bank) else 1) + bank
     order = np.argsort(key, kind="stable")
     last = np.ones(len(order), dtype=bool)
