@@ -39,6 +39,8 @@ BANKS = 8
 DAYS = 30
 NEW_DAYS = 7
 TXNS_PER_ACCOUNT_DAY = 1.7
+PROPORTIONAL = ("split", "seal", "flow verify", "flow inside_merge", "flow inside_detect", "flow inside_seal",
+                "flow deliver_commit", "open")
 
 
 def _cli(*args, env=None) -> subprocess.CompletedProcess:
@@ -245,6 +247,11 @@ def print_table(results: list[dict]) -> None:
     rows.append(("us per txn (w/o start-up)", lambda r: f"{per_txn(r) * 1e6:.1f}"))
     rows.append(("vs smallest (within 20%?)", lambda r: f"{per_txn(r) / per_txn(base):.2f} "
                  + ("yes" if per_txn(r) / per_txn(base) <= 1.2 else "NO")))
+    # Without fixed costs (Prefect, worker start): the stages whose work grows with the rows.
+    per_row = lambda r: sum(r["seconds"].get(s, 0) for s in PROPORTIONAL) / r["transactions"]  # noqa: E731
+    rows.append(("us per txn, row-bound stages", lambda r: f"{per_row(r) * 1e6:.1f}"))
+    rows.append(("vs smallest (within 20%?)", lambda r: f"{per_row(r) / per_row(base):.2f} "
+                 + ("yes" if per_row(r) / per_row(base) <= 1.2 else "NO")))
     for label, fn in rows:
         print(f"{label:<34}" + "".join(f"{fn(r):>14}" for r in results))
 
@@ -256,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="Snap ML GFP threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                    help="only print the table from earlier --json files (sizes merged, smallest first)")
     a = ap.parse_args(argv)
+    if a.table:
+        print_table(sorted((r for f in a.table for r in json.loads(Path(f).read_text())), key=lambda r: r["size"]))
+        return 0
     sizes = [int(s) for s in a.sizes.split(",") if s]
     results = []
     with tempfile.TemporaryDirectory(dir=a.workdir, prefix="bench_e2e_") as tmp:

@@ -42,113 +42,107 @@ class MergeResult:
         return self.merged.drop_columns(["is_new"])
 
 
-def _stack(batches: list[tuple[str, pa.Table]], history: pa.Table | None) -> tuple[pa.Table, pa.Array, np.ndarray]:
-    """All copies in one table (history first, then the batches in the order given), with the
-    submitting bank and whether the copy is from this run, one entry per row."""
-    tables, banks, new = [], [], []
+def _stack(batches: list[tuple[str, pa.Table]], history: pa.Table | None
+           ) -> tuple[pa.Table, np.ndarray, list[str], np.ndarray]:
+    """All copies in one table (history first, then the batches in the order given), with, per
+    row, the submitting bank (a code into the sorted bank names) and whether the copy is new."""
+    tables, flat_banks, new = [], None, []
+    names = {bank for bank, _ in batches}
     if history is not None and history.num_rows:
-        submitted = history.column("submitted_by").combine_chunks()
+        submitted = _array(history.column("submitted_by"))
         tables.append(history.select(TRANSACTION_SCHEMA.names).take(pc.list_parent_indices(submitted)))
-        banks.append(pc.list_flatten(submitted))
-        new.append(np.zeros(len(banks[-1]), dtype=bool))
+        flat_banks = pc.list_flatten(submitted)
+        names |= set(pc.unique(flat_banks).to_pylist())
+        new.append(np.zeros(len(flat_banks), dtype=bool))
+    names = sorted(names)
+    codes = [] if flat_banks is None else [pc.index_in(flat_banks, value_set=pa.array(names)).to_numpy()]
     for bank, table in batches:
         tables.append(table.select(TRANSACTION_SCHEMA.names))
-        banks.append(pa.array(np.full(table.num_rows, bank, dtype=object), pa.string()))
+        codes.append(np.full(table.num_rows, names.index(bank)))
         new.append(np.ones(table.num_rows, dtype=bool))
-    stacked = pa.concat_tables([t.cast(TRANSACTION_SCHEMA) for t in tables])
-    return stacked, pa.concat_arrays([_array(b) for b in banks]), np.concatenate(new)
+    # One contiguous table: gathering rows from it is much faster than from many chunks.
+    stacked = pa.concat_tables([t.cast(TRANSACTION_SCHEMA) for t in tables]).combine_chunks()
+    return stacked, np.concatenate(codes).astype(np.int64), names, np.concatenate(new)
 
 
 def _array(column) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
-def _codes(column) -> np.ndarray:
-    """Integer codes for a string column: equal strings, equal codes (first-seen order)."""
-    return pc.dictionary_encode(_array(column)).indices.to_numpy().astype(np.int64)
-
-
-def _ranks(column) -> np.ndarray:
-    """Integer codes for a string column with few distinct values, in the strings' order."""
-    encoded = pc.dictionary_encode(_array(column))
-    rank = np.argsort(np.argsort(encoded.dictionary.to_numpy(zero_copy_only=False), kind="stable"))
-    return rank[encoded.indices.to_numpy()].astype(np.int64)
-
-
-def _differs_from_first(column: pa.Array, rows: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """Per row: does `column` at `rows` differ from its group's first copy (nulls equal nulls)?"""
-    a, b = column.take(rows), column.take(first)
-    same = pc.fill_null(pc.equal(a, b), False)
-    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
-    return ~pc.or_(same, both_null).to_numpy(zero_copy_only=False)
+def _differs_from_previous(column: pa.Array) -> np.ndarray:
+    """Per row after the first: does it differ from the row before (nulls equal nulls)?"""
+    a, b = column.slice(1), column.slice(0, len(column) - 1)
+    same = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(pc.is_null(a), pc.is_null(b)))
+    return ~same.to_numpy(zero_copy_only=False)
 
 
 def merge_batches(batches: list[tuple[str, pa.Table]], history: pa.Table | None = None) -> MergeResult:
     """`batches`: (bank, rows in TRANSACTION_SCHEMA) for this run; `history`: HISTORY_SCHEMA."""
     history_rows = history.num_rows if history is not None else 0
-    if not batches and not history_rows:
+    stacked, bank, names, new = _stack(batches, history) if batches or history_rows else (None, None, [], None)
+    if stacked is None or stacked.num_rows == 0:
         return MergeResult(MERGED_SCHEMA.empty_table(), {"rows": 0, "new_rows": 0, "cross_bank": 0,
-                                                         "conflicts": 0, "history_rows": 0})
-    stacked, banks, new = _stack(batches, history)
-    # Defaults filled in before comparing, and kept filled in the output.
-    stacked = stacked.set_column(stacked.schema.get_field_index("amount_received"), "amount_received",
-                                 pc.coalesce(stacked["amount_received"], stacked["amount"]))
-    stacked = stacked.set_column(stacked.schema.get_field_index("receiving_currency"), "receiving_currency",
-                                 pc.coalesce(stacked["receiving_currency"], stacked["currency"]))
-    stacked = stacked.combine_chunks()
+                                                         "conflicts": 0, "history_rows": history_rows})
 
     # One key per (payment, bank), ordered by payment then bank name; a stable sort keeps the
     # copies of one key in arrival order, so the last of each run is the latest copy.
-    txn = _codes(stacked["txn_id"])  # grouping only: the output is sorted by (timestamp, txn_id) below
-    bank = _ranks(banks)
-    key = txn * (int(bank.max()) + 1 if len(bank) else 1) + bank
+    txn = pc.dictionary_encode(_array(stacked["txn_id"])).indices.to_numpy().astype(np.int64)
+    key = txn * len(names) + bank
     order = np.argsort(key, kind="stable")
     last = np.ones(len(order), dtype=bool)
     last[:-1] = key[order[1:]] != key[order[:-1]]
     rows = order[last]  # latest copy per (payment, bank), grouped by payment, banks in name order
+    copies = stacked.take(pa.array(rows))
+    # Defaults filled in before comparing, and kept filled in the output.
+    copies = copies.set_column(copies.schema.get_field_index("amount_received"), "amount_received",
+                               pc.coalesce(copies["amount_received"], copies["amount"]))
+    copies = copies.set_column(copies.schema.get_field_index("receiving_currency"), "receiving_currency",
+                               pc.coalesce(copies["receiving_currency"], copies["currency"]))
+    copies = copies.combine_chunks()
 
-    group_txn = txn[rows]
-    starts = np.flatnonzero(np.r_[True, group_txn[1:] != group_txn[:-1]]) if len(rows) else np.zeros(0, np.int64)
+    group = txn[rows]
+    same_group = group[1:] == group[:-1]
+    starts = np.flatnonzero(np.r_[True, ~same_group])
     sizes = np.diff(np.r_[starts, len(rows)])
-    first = np.repeat(rows[starts], sizes)
+    # A payment conflicts when any of its copies differs from the one before it (so from any other).
     differs = np.zeros(len(rows), dtype=bool)
-    multi = np.repeat(sizes > 1, sizes)  # only payments with more than one copy can disagree
-    if multi.any():
-        sub_rows, sub_first = rows[multi], first[multi]
-        sub_differs = np.zeros(len(sub_rows), dtype=bool)
+    if same_group.any():
+        pair = np.zeros(len(rows) - 1, dtype=bool)
         for name in _COMPARED:
-            sub_differs |= _differs_from_first(_array(stacked[name]), sub_rows, sub_first)
-        differs[multi] = sub_differs
-    conflicted = np.logical_or.reduceat(differs, starts) if len(starts) else np.zeros(0, dtype=bool)
+            pair |= _differs_from_previous(_array(copies[name]))
+        differs[1:] = pair & same_group
+    conflicted = np.logical_or.reduceat(differs, starts)
     n_conflicts = int(conflicted.sum())
 
-    keep_group = ~conflicted
-    keep_row = np.repeat(keep_group, sizes)
-    starts_kept = starts[keep_group]
-    sizes_kept = sizes[keep_group]
-    rows_kept = rows[keep_row]
-    first_kept = rows[starts_kept]
-
-    labels = pc.fill_null(_array(stacked["label"]), _UNKNOWN_LABEL).to_numpy(zero_copy_only=False).astype(np.int8)
-    kept_starts_in_kept = np.r_[0, np.cumsum(sizes_kept)[:-1]].astype(np.int64) if len(sizes_kept) else np.zeros(0, np.int64)
-    if len(rows_kept):
-        best = np.maximum.reduceat(labels[rows_kept], kept_starts_in_kept)  # 1 beats 0 beats unknown
-        any_new = np.logical_or.reduceat(new[rows_kept], kept_starts_in_kept)
+    keep_row = np.repeat(~conflicted, sizes)
+    sizes_kept = sizes[~conflicted]
+    kept_starts = np.r_[0, np.cumsum(sizes_kept)[:-1]].astype(np.int64)
+    labels = pc.fill_null(_array(copies["label"]), _UNKNOWN_LABEL).to_numpy(zero_copy_only=False).astype(np.int8)
+    if len(sizes_kept):
+        best = np.maximum.reduceat(labels[keep_row], kept_starts)  # 1 beats 0 beats unknown
+        any_new = np.logical_or.reduceat(new[rows][keep_row], kept_starts)
     else:
         best, any_new = np.zeros(0, np.int8), np.zeros(0, dtype=bool)
     unknown = best == _UNKNOWN_LABEL
+    is_new = any_new & unknown
 
     offsets = pa.array(np.r_[0, np.cumsum(sizes_kept)].astype(np.int32), pa.int32())
-    submitted_by = pa.ListArray.from_arrays(offsets, banks.take(pa.array(rows_kept)))
-    columns = {name: _array(stacked[name]).take(pa.array(first_kept)) for name in _CARRIED}
-    columns["label"] = pa.array(best, pa.int8(), mask=unknown)
-    columns["submitted_by"] = submitted_by
-    columns["is_new"] = pa.array(any_new & unknown, pa.bool_())
+    bank_names = pa.array(names, pa.string()).take(pa.array(bank[rows][keep_row]))
+    first = starts[~conflicted]
+    # Output order (timestamp, txn_id), worked out on those two columns, so every column is
+    # gathered once.
+    when = pa.table({"timestamp": _array(copies["timestamp"]).take(pa.array(first)),
+                     "txn_id": _array(copies["txn_id"]).take(pa.array(first))})
+    perm = pc.sort_indices(when, [("timestamp", "ascending"), ("txn_id", "ascending")]).to_numpy()
+    first_sorted = pa.array(first[perm])
+    columns = {name: _array(copies[name]).take(first_sorted) for name in _CARRIED}
+    columns["label"] = pa.array(best[perm], pa.int8(), mask=unknown[perm])
+    columns["submitted_by"] = pa.ListArray.from_arrays(offsets, bank_names).take(pa.array(perm))
+    columns["is_new"] = pa.array(is_new[perm], pa.bool_())
     merged = pa.table([columns[f.name] for f in MERGED_SCHEMA], schema=MERGED_SCHEMA)
-    merged = merged.take(pc.sort_indices(merged, [("timestamp", "ascending"), ("txn_id", "ascending")]))
     counts = {
         "rows": merged.num_rows,
-        "new_rows": int((any_new & unknown).sum()),
+        "new_rows": int(is_new.sum()),
         "cross_bank": int((sizes_kept > 1).sum()),
         "conflicts": n_conflicts,
         "history_rows": history_rows,

@@ -163,6 +163,11 @@ class PassThroughDetector(TypologyDetector):
         self._fed[after] = True
         self._moved_on = np.zeros(len(graph), bool)
         self._moved_on[before] = True
+        # The linked hops themselves join the instance: (hop before, payment into the mule)
+        # and (payment out of the mule, hop after), looked up by sorted position.
+        by_after = np.argsort(after, kind="stable")
+        by_before = np.argsort(before, kind="stable")
+        self._links = (after[by_after], before[by_after], before[by_before], after[by_before])
         out = []
         seen = set()
         for bucket in window_buckets(graph.t[e], w):
@@ -188,6 +193,15 @@ class PassThroughDetector(TypologyDetector):
                     out.append(inst)
         return out
 
+    def _linked_hops(self, ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
+        """The payments that fed the mule's payers and that its payees passed on."""
+        f_sorted, e_by_f, e_sorted, f_by_e = self._links
+        found = []
+        for keys, vals, q in ((f_sorted, e_by_f, ins), (e_sorted, f_by_e, outs)):
+            lo, hi = np.searchsorted(keys, q, "left"), np.searchsorted(keys, q, "right")
+            found += [vals[a:b][:MAX_LINKS_PER_EDGE] for a, b in zip(lo, hi)]
+        return np.concatenate(found) if found else np.empty(0, np.int64)
+
     def _judge(self, graph, v, g):
         ins, outs = g[g["in"]], g[~g["in"]]
         first_in = ins.t.min()
@@ -208,6 +222,7 @@ class PassThroughDetector(TypologyDetector):
         linked = bool(self._fed[ins.e.to_numpy()].any() or self._moved_on[outs.e.to_numpy()].any())
         if self.require_linked_hop and not linked:
             return None
+        edges = np.concatenate([edges, self._linked_hops(ins.e.to_numpy(), outs.e.to_numpy())])
         new_share = float(graph.pair_first[edges].mean())
         if new_share < self.min_new_counterparty_share:
             return None  # regular payers and payees: a business, not a mule
