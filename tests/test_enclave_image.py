@@ -16,7 +16,8 @@ ROOT = Path(aml.__file__).resolve().parents[1]
 IMAGE = ROOT / "enclave_image"
 DOCKERFILE = (IMAGE / "Dockerfile").read_text()
 LOCK = (IMAGE / "requirements.lock").read_text()
-TEST_ONLY = {"pytest", "hypothesis", "pytest-xdist", "execnet", "iniconfig", "sortedcontainers"}
+# Pinned in constraints.txt for tests and benchmarks only; never installed in the enclave image.
+TEST_ONLY = {"pytest", "hypothesis", "pytest-xdist", "execnet", "iniconfig", "sortedcontainers", "snapml"}
 
 
 def _norm(name: str) -> str:
