@@ -126,7 +126,6 @@ def snapml_rate(edges, threads: int) -> dict:
         from snapml import GraphFeaturePreprocessor
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available here"
         return {"unavailable": f"{type(exc).__name__}"}
-    import numpy as np
 
     from aml.detect.config import DetectionConfig
     from bench_detection_vs_snapml import BATCH, gfp_params, raw_edge_array
@@ -139,7 +138,7 @@ def snapml_rate(edges, threads: int) -> dict:
     seconds = time.perf_counter() - start
     del out
     return {"seconds": round(seconds, 2), "edges": int(len(raw)), "edges_per_second": round(len(raw) / seconds),
-            "threads": threads, "np": np.__version__}
+            "threads": threads}
 
 
 def bench_size(size: int, work: Path, threads: int, seed: int) -> dict:
