@@ -37,6 +37,7 @@ from aml.errors import (
     AmlError, ConfigError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError, ReplayError,
 )
 from aml.ledger import BatchRecord, Ledger, run_lock, state_dir
+from aml.crypto.digest import sha256_file
 
 QUARANTINE_DIR = "quarantine"
 BATCH_SUFFIX = ".amlb"
@@ -69,12 +70,6 @@ def _crash_point(step: str) -> None:
         os._exit(137)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -143,7 +138,7 @@ def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
         for path in sorted(inbox_dir.glob(f"*{BATCH_SUFFIX}")):
             if not path.is_file():
                 continue
-            c = Candidate(file=path.name, sha256=_sha256(path))
+            c = Candidate(file=path.name, sha256=sha256_file(path))
             out.append(c)
             try:
                 header = read_header(path)
@@ -202,7 +197,7 @@ def deliver_and_commit(enclave_dir: str, outbox: str, run_id: str, sealed: dict,
     edir = Path(enclave_dir)
     for bank, ref in sealed["alerts"].items():
         src = Path(ref["path"])
-        if _sha256(src) != ref["sha256"]:
+        if sha256_file(src) != ref["sha256"]:
             raise InternalError("a sealed alert file changed between the enclave and delivery")
         _copy_atomically(src, Path(outbox) / bank / f"{run_id}{ALERT_SUFFIX}")
     history_name = history_file_name(run_id)

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from aml.errors import BadInputError
+from aml.crypto.digest import sha256_file
 
 MEASUREMENT_LABEL = b"enclave-aml/measurement/v1\n"
 
@@ -47,12 +48,6 @@ def _excluded(rel: Path) -> bool:
     return any(part in EXCLUDED_DIRS or part.startswith(".") for part in rel.parts)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def measurement_inputs(root: Path) -> list[tuple[str, str | None]]:
@@ -65,7 +60,7 @@ def measurement_inputs(root: Path) -> list[tuple[str, str | None]]:
     entries: dict[str, str | None] = {}
     for rel in FIXED_INPUTS:
         p = root / rel
-        entries[rel] = _sha256_file(p) if p.is_file() else None
+        entries[rel] = sha256_file(p) if p.is_file() else None
     for directory, pattern in SOURCE_GLOBS:
         base = root / directory
         if not base.is_dir():
@@ -73,7 +68,7 @@ def measurement_inputs(root: Path) -> list[tuple[str, str | None]]:
         for p in base.rglob(pattern):
             rel = p.relative_to(root)
             if p.is_file() and not _excluded(rel):
-                entries[rel.as_posix()] = _sha256_file(p)
+                entries[rel.as_posix()] = sha256_file(p)
     return sorted(entries.items())
 
 

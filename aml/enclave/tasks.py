@@ -11,16 +11,11 @@ from pathlib import Path
 
 from aml.enclave.runner import enclave_keys, enclave_log, enclave_task
 from aml.errors import FormatError, MembershipError
+from aml.crypto.digest import sha256_file
 
 from prefect import get_run_logger
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _millis(start: float) -> int:
@@ -115,7 +110,7 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
         "alerts": alerts,
         "patterns": {str(k): int(v) for k, v in sorted(result.counts.items())},
         "merge": {k: int(v) for k, v in merged.counts.items()},
-        "history": {"path": str(history_path), "sha256": _sha256(history_path), "rows": int(kept)},
+        "history": {"path": str(history_path), "sha256": sha256_file(history_path), "rows": int(kept)},
         "model_hash": str(result.model_hash),
         "config_hash": str(result.config_hash),
         "millis": millis,
