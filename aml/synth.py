@@ -493,27 +493,24 @@ class _Launderer:
         return float(self.rng.uniform(lo * HOUR, hi * HOUR))
 
     # the shapes --------------------------------------------------------------------------
-    def fan_out(self) -> _Instance:
+    def _star(self, outward: bool) -> _Instance:
+        """One hub paying (outward) or paid by 5-15 leaves within hours to days."""
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(5, 16))
         leaves = self.accounts(k, 3)
         hub = self.center(leaves)
         window = self.hours(6, 72)
         times = np.sort(rng.uniform(0, window, k))
-        for d, t, a in zip(leaves, times, self.split(self.amount() * k / 3, k)):
-            inst.pay(hub, d, t, a, self.fmt())
+        for leaf, t, a in zip(leaves, times, self.split(self.amount() * k / 3, k)):
+            src, dst = (hub, leaf) if outward else (leaf, hub)
+            inst.pay(src, dst, t, a, self.fmt())
         return inst
 
+    def fan_out(self) -> _Instance:
+        return self._star(outward=True)
+
     def fan_in(self) -> _Instance:
-        rng, inst = self.rng, _Instance()
-        k = int(rng.integers(5, 16))
-        leaves = self.accounts(k, 3)
-        hub = self.center(leaves)
-        window = self.hours(6, 72)
-        times = np.sort(rng.uniform(0, window, k))
-        for s, t, a in zip(leaves, times, self.split(self.amount() * k / 3, k)):
-            inst.pay(s, hub, t, a, self.fmt())
-        return inst
+        return self._star(outward=False)
 
     def _chain(self, acc: np.ndarray, dwell: tuple[float, float], fee: tuple[float, float]) -> _Instance:
         inst, amount, t = _Instance(), self.amount(), 0.0
