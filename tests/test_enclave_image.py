@@ -17,7 +17,7 @@ IMAGE = ROOT / "enclave_image"
 DOCKERFILE = (IMAGE / "Dockerfile").read_text()
 LOCK = (IMAGE / "requirements.lock").read_text()
 # Pinned in constraints.txt for tests and benchmarks only; never installed in the enclave image.
-TEST_ONLY = {"pytest", "hypothesis", "pytest-xdist", "execnet", "iniconfig", "sortedcontainers", "snapml"}
+TEST_ONLY = {"pytest", "hypothesis", "pytest-xdist", "execnet", "iniconfig", "snapml"}
 
 
 def _norm(name: str) -> str:

@@ -102,6 +102,26 @@ def test_duplicate_keeps_the_boundary():
     dup = EnclaveTaskRunner(max_workers=1).duplicate()
     assert isinstance(dup, EnclaveTaskRunner)
     assert dup._initializer is runner.initialize_enclave_worker
+    assert dup._initargs == (1,)  # the worker knows it is the only one (in-memory hand-over)
+
+
+def test_hand_over_stays_in_the_worker_and_within_one_work_area(inside_worker, monkeypatch, tmp_path):
+    monkeypatch.setitem(runner._WORKER, "handoff", {})
+    monkeypatch.setitem(runner._WORKER, "workers", 1)
+    assert runner.sole_worker()
+    runner.hand_over(tmp_path / "run-a", "b1", "rows of b1")
+    assert runner.take_over(str(tmp_path / "run-a"), "b1") == "rows of b1"
+    assert runner.take_over(tmp_path / "run-a", "b1") is None  # taken once
+    runner.hand_over(tmp_path / "run-a", "b2", "stale")
+    runner.hand_over(tmp_path / "run-b", "b3", "fresh")  # a later run drops what an earlier one left
+    assert runner._WORKER["handoff"] == {(str(tmp_path / "run-b"), "b3"): "fresh"}
+
+
+def test_hand_over_refuses_outside_the_worker(tmp_path):
+    with pytest.raises(EnclaveBoundaryError):
+        runner.hand_over(tmp_path, "b1", "rows")
+    with pytest.raises(EnclaveBoundaryError):
+        runner.take_over(tmp_path, "b1")
 
 
 @flow(task_runner=EnclaveTaskRunner(), persist_result=False)

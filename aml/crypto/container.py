@@ -605,7 +605,9 @@ def table_to_parquet(table, schema) -> bytes:
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(table.select(schema.names).cast(schema), sink, compression="zstd")
+    # No column statistics: nothing reads them (the payload is read whole), and they cost ~20 %
+    # of the writing time.
+    pq.write_table(table.select(schema.names).cast(schema), sink, compression="zstd", write_statistics=False)
     return sink.getvalue().to_pybytes()
 
 

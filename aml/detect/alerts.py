@@ -24,10 +24,22 @@ _PLACEHOLDER_HEX = 6
 
 def alert_id(pattern: str, txn_ids: list[str], bank: str) -> str:
     """Stable id: same pattern, same transactions, same bank -> same id on every rerun."""
+    return _alert_id_for(_id_prefix(pattern, txn_ids), bank)
+
+
+def _id_prefix(pattern: str, txn_ids: list[str]):
+    """The part of alert_id's hash shared by every bank of one instance."""
     h = hashlib.sha256()
-    for part in (pattern, *sorted(txn_ids), bank):
+    for part in (pattern, *sorted(txn_ids)):
         h.update(part.encode("utf-8"))
         h.update(b"\x00")
+    return h
+
+
+def _alert_id_for(prefix, bank: str) -> str:
+    h = prefix.copy()
+    h.update(bank.encode("utf-8"))
+    h.update(b"\x00")
     return h.hexdigest()[:20]
 
 
@@ -62,7 +74,7 @@ class _Namer:
 
     def placeholder(self, node: int) -> str:
         if node not in self.foreign:
-            digest = hmac.new(self.key, str(int(node)).encode(), hashlib.sha256).hexdigest()
+            digest = hmac.digest(self.key, str(int(node)).encode(), "sha256").hex()
             name, n = f"ext-{digest[:_PLACEHOLDER_HEX]}", _PLACEHOLDER_HEX
             while name in self.foreign.values():  # collision within one alert: lengthen
                 n += 2
@@ -74,11 +86,12 @@ class _Namer:
 def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, named: set[int],
              key: bytes,
              currency: str, amount: float, institutions: int, hops: int,
-             max_placeholders: int) -> str:
+             max_placeholders: int, nodes: list[int] | None = None) -> str:
     name = _Namer(graph, named, key)
     ev = inst.evidence
     src, dst = graph.src[edges], graph.dst[edges]
-    nodes = np.unique(np.concatenate([src, dst]))
+    if nodes is None:  # the instance's accounts, sorted
+        nodes = np.unique(np.concatenate([src, dst])).tolist()
     duration = format_duration(float(graph.t[edges].max() - graph.t[edges].min()))
     amt = format_amount(amount, currency)
     center = ev.get("center")
@@ -144,7 +157,7 @@ def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, named: 
     if foreign:
         names = [name.placeholder(n) for n in foreign[:max_placeholders]]
         more = "…" if len(foreign) > max_placeholders else ""
-        where = ("are at other banks" if all(graph.node_bank[n] != bank for n in foreign)
+        where = ("are at other banks" if (graph.node_bank[foreign] != bank).all()
                  else "are anonymised")
         tail.append(f"{len(foreign)} of the accounts {where} (shown as {', '.join(names)}{more})")
     return core + ("; " + "; ".join(tail) if tail else "") + "."
@@ -163,50 +176,57 @@ def cut_alerts(graph, instances: list[PatternInstance], banks: list[str], *,
     member = set(banks)
     rows: dict[str, list[dict]] = defaultdict(list)
     emitted: set[str] = set()  # the same edges under one pattern are one alert, not two
-    txn_id_col = graph.edges["txn_id"].to_numpy()
-    src_bank_col = graph.edges["src_bank"].to_numpy()
-    dst_bank_col = graph.edges["dst_bank"].to_numpy()
-    submitted_col = graph.edge_banks_submitted
+    instances = [i for i in instances if len(i.edge_idx)]
+    # txn_id strings only for the payments in some instance, fetched in one go.
+    pool = np.unique(np.concatenate([np.asarray(i.edge_idx, dtype=np.int64) for i in instances])) \
+        if instances else np.zeros(0, np.int64)
+    pool_txn = np.asarray([str(x) for x in graph.txn_ids(pool)], dtype=object)
+    bank_code = graph.node_bank_code
+    code_of = {b: int(c) for b, c in zip(graph.node_bank, bank_code)}
     for inst in sorted(instances, key=lambda i: -i.score):
         e = np.asarray(inst.edge_idx, dtype=np.int64)
-        if len(e) == 0:
-            continue
-        all_txn = [str(x) for x in txn_id_col[e]]
-        pattern_banks = set(graph.node_bank[graph.src[e]]) | set(graph.node_bank[graph.dst[e]])
+        txn = pool_txn[np.searchsorted(pool, e)]
+        id_prefix = _id_prefix(inst.pattern, txn.tolist())
+        src, dst = graph.src[e], graph.dst[e]
+        src_code, dst_code = bank_code[src], bank_code[dst]
+        nodes = np.unique(np.concatenate([src, dst])).tolist()
+        pattern_banks = {graph.node_bank[n] for n in nodes}
+        score = float(np.clip(inst.score, 0.0, 1.0))
         amount = float(inst.evidence.get("amount", graph.amount[e].sum()))
         hops = int(inst.evidence.get("hops", 1))
         start = int(graph.t[e].min())
         end = int(graph.t[e].max())
         for bank in sorted(pattern_banks & member):
-            own_e = [i for i in e
-                     if bank in submitted_col[i] and bank in (src_bank_col[i], dst_bank_col[i])]
-            if not own_e:
+            code = code_of[bank]
+            # Payments bank submitted itself, as payer's or payee's bank.
+            own = ((src_code == code) & graph.src_submitted[e]) \
+                | ((dst_code == code) & graph.dst_submitted[e])
+            if not own.any():
                 continue
-            own_e = np.asarray(own_e, dtype=np.int64)
-            own_nodes = np.unique(np.concatenate([graph.src[own_e], graph.dst[own_e]]))
-            named = {int(n) for n in own_nodes if graph.node_bank[n] == bank}
+            own_nodes = set(src[own].tolist()) | set(dst[own].tolist())
+            named = {n for n in own_nodes if bank_code[n] == code}
             if not named:
                 continue
             accounts = sorted({str(graph.node_account[n]) for n in named})
-            aid = alert_id(inst.pattern, all_txn, bank)
+            aid = _alert_id_for(id_prefix, bank)
             if aid in emitted:
                 continue
             emitted.add(aid)
-            key = hmac.new(run_key, aid.encode(), hashlib.sha256).digest()
+            key = hmac.digest(run_key, aid.encode(), "sha256")
             rows[bank].append({
                 "alert_id": aid,
                 "bank": bank,
                 "pattern": inst.pattern,
-                "score": float(np.clip(inst.score, 0.0, 1.0)),
+                "score": score,
                 "accounts": accounts,
-                "txn_ids": sorted(str(x) for x in txn_id_col[own_e]),
+                "txn_ids": sorted(txn[own].tolist()),
                 "start": start * 1_000_000,
                 "end": end * 1_000_000,
                 "amount": amount,
                 "institutions": len(pattern_banks),
                 "hops": hops,
                 "explanation": _explain(graph, inst, e, bank, named, key, currency, amount,
-                                        len(pattern_banks), hops, max_placeholders),
+                                        len(pattern_banks), hops, max_placeholders, nodes),
             })
     return {bank: _to_table(rows.get(bank, [])) for bank in banks}
 

@@ -28,9 +28,23 @@ from sklearn.metrics import precision_recall_curve
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from aml.detect.features import FEATURE_NAMES, transaction_features
+from aml.detect.features import FEATURE_NAMES, PATTERN_FEATURES, FeatureTable
 
 MODEL_VERSION = "pooled-hgb-1"
+
+# Rows scored per call: the boosters walk all rows once per tree, so a block that stays in
+# the CPU cache scores several times faster than one pass over millions of rows (and the
+# feature rows of one block are all that is held in float64 at a time).
+PREDICT_BLOCK = 8192
+
+
+def _rows(X, idx) -> np.ndarray:
+    """Rows `idx` of X as float64: X is an array or a `FeatureTable` (rows made on demand)."""
+    return X.take_rows(idx) if hasattr(X, "take_rows") else X[idx]
+
+
+def _n_rows(X) -> int:
+    return X.shape[0]
 
 # Defaults for the `[model]` section of the detection config; every key is optional there.
 MODEL_DEFAULTS = {
@@ -81,33 +95,38 @@ class PooledModel(ClassifierMixin, BaseEstimator):
         )
 
     def fit(self, X, y=None, threshold_rows=None):
-        """`threshold_rows` (bool mask, optional): the rows the F1-optimal threshold is chosen
+        """`X`: an array, or a `FeatureTable` whose rows are made only as training needs them.
+        `threshold_rows` (bool mask, optional): the rows the F1-optimal threshold is chosen
         on. The pipeline passes the rows no typology instance covers, so the threshold is the
         best one for what the model adds on top of the rules, not for what they already find."""
+        if not hasattr(X, "take_rows"):
+            X = np.asarray(X, dtype=np.float64)
         # OpenMP threads: a fixed, small number (default 1). Oversubscribed cores make
         # scikit-learn's OpenMP loops many times slower, and results do not depend on it.
         with threadpool_limits(self.n_threads):
             return self._fit(X, y, threshold_rows)
 
     def _fit(self, X, y, threshold_rows=None):
-        X = np.asarray(X, dtype=np.float64)
+        n = _n_rows(X)
         y = None if y is None else np.asarray(y, dtype=np.float64)
         self.n_features_in_ = X.shape[1]
         self.classes_ = np.array([0, 1])
-        known = np.zeros(len(X), bool) if y is None else ~np.isnan(y)
+        known = np.zeros(n, bool) if y is None else ~np.isnan(y)
         yk = (y[known] if y is not None else np.zeros(0)).astype(int)
         n_pos = int(yk.sum())
         if n_pos < self.min_positives or n_pos == len(yk):
-            return self._fit_unsupervised(X)
-        Xk = X[known]
+            return self._fit_unsupervised(_rows(X, np.arange(n)))
+        # Training works on row numbers; feature rows are materialised only for the rows
+        # each fit or prediction uses.
+        known_idx = np.flatnonzero(known)
         tk = None if threshold_rows is None else np.asarray(threshold_rows, bool)[known]
         self.mode_ = "supervised"
         n_neg = int((yk == 0).sum())
         cap = self.max_train_negatives
         rate = 1.0 if cap is None or n_neg <= cap else cap / n_neg
-        self.threshold_ = self._choose_threshold(Xk, yk, rate, tk)
+        self.threshold_ = self._choose_threshold(X, known_idx, yk, rate, tk)
         keep = self._training_rows(yk, rate)
-        self.estimator_ = self._booster().fit(Xk[keep], yk[keep])
+        self.estimator_ = self._booster().fit(_rows(X, known_idx[keep]), yk[keep])
         return self
 
     def _training_rows(self, y, rate: float) -> np.ndarray:
@@ -122,14 +141,15 @@ class PooledModel(ClassifierMixin, BaseEstimator):
         neg = rng.choice(neg, size=int(round(rate * len(neg))), replace=False)
         return np.sort(np.concatenate([np.flatnonzero(y == 1), neg]))
 
-    def _choose_threshold(self, X, y, rate: float, rows=None) -> float:
-        """F1-optimal threshold on the latest slice of the (time-ordered) labelled rows
-        (only those in `rows`, when given and they hold laundering)."""
+    def _choose_threshold(self, X, idx, y, rate: float, rows=None) -> float:
+        """F1-optimal threshold on the latest slice of the (time-ordered) labelled rows `idx`
+        of X (only those in `rows`, when given and they hold laundering)."""
         cut = int(len(y) * (1.0 - self.validation_fraction))
         if y[:cut].sum() < 1 or y[cut:].sum() < 1 or len(np.unique(y[:cut])) < 2:
             return 0.5
         keep = self._training_rows(y[:cut], rate)
-        p = self._booster().fit(X[:cut][keep], y[:cut][keep]).predict_proba(X[cut:])[:, 1]
+        booster = self._booster().fit(_rows(X, idx[:cut][keep]), y[:cut][keep])
+        p = _predict_blocks(lambda rows: booster.predict_proba(rows)[:, 1], X, idx[cut:])
         yv = y[cut:]
         if rows is not None and yv[rows[cut:]].sum() >= 1:
             p, yv = p[rows[cut:]], yv[rows[cut:]]
@@ -154,11 +174,14 @@ class PooledModel(ClassifierMixin, BaseEstimator):
     def raw_score(self, X) -> np.ndarray:
         """Uncalibrated score in 0..1 (probability or scaled anomaly score)."""
         check_is_fitted(self, "estimator_")
-        X = np.asarray(X, dtype=np.float64)
+        if not hasattr(X, "take_rows"):
+            X = np.asarray(X, dtype=np.float64)
+        if self.mode_ == "supervised":
+            score = lambda rows: self.estimator_.predict_proba(rows)[:, 1]  # noqa: E731
+        else:
+            score = lambda rows: self._scale_raw(-self.estimator_.score_samples(rows))  # noqa: E731
         with threadpool_limits(self.n_threads):
-            if self.mode_ == "supervised":
-                return self.estimator_.predict_proba(X)[:, 1]
-            return self._scale_raw(-self.estimator_.score_samples(X))
+            return _predict_blocks(score, X, np.arange(_n_rows(X)))
 
     def decision_function(self, X) -> np.ndarray:
         """Calibrated score: the threshold maps to 0.5, monotone, in 0..1."""
@@ -170,6 +193,15 @@ class PooledModel(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return (self.decision_function(X) >= 0.5).astype(int)
+
+
+def _predict_blocks(score, X, idx: np.ndarray) -> np.ndarray:
+    """score(rows of X) for rows `idx`, PREDICT_BLOCK rows at a time (each row's score does not
+    depend on the others in its call)."""
+    out = np.empty(len(idx), dtype=np.float64)
+    for start in range(0, len(idx), PREDICT_BLOCK):
+        out[start:start + PREDICT_BLOCK] = score(_rows(X, idx[start:start + PREDICT_BLOCK]))
+    return out
 
 
 def model_params(config=None) -> dict:
@@ -228,7 +260,7 @@ def score_transactions(graph, instances, config) -> tuple[np.ndarray, str]:
     is true: the model is trained on history edges, so the instances must cover history as
     well as new edges, or the features mean different things at training and scoring time.
     """
-    n = len(graph.edges)
+    n = len(graph)
     params = model_params(config)
     model = PooledModel(**params)
     digest = model_hash(model, config)
@@ -236,8 +268,12 @@ def score_transactions(graph, instances, config) -> tuple[np.ndarray, str]:
         return np.zeros(0), digest
     section = _config_section(config, "model")
     use_patterns = bool(section.get("use_pattern_features", False))
-    X = transaction_features(graph, instances if use_patterns else None, config).to_numpy(np.float64)
-    y = graph.edges["label"].to_numpy(np.float64)
+    X = FeatureTable(graph, instances if use_patterns else None)
+    if not use_patterns:
+        # Without instances the pattern_* columns are all zero: a constant column never
+        # splits, so leaving it out gives the same trees and saves its histograms.
+        X = X.select([c for c in FEATURE_NAMES if c not in PATTERN_FEATURES])
+    y = np.asarray(graph.label, dtype=np.float64)
     uncovered = np.ones(n, dtype=bool)
     if section.get("threshold_on_uncovered", True):
         for inst in instances or ():

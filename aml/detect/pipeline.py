@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from aml.detect.alerts import cut_alerts, empty_alert_table
 from aml.detect.config import DetectionConfig
 from aml.detect.graph import TransactionGraph
+from aml.detect.partition import PartitionMapper, detect_typologies
 from aml.detect.typologies import build_detectors
 from aml.detect.typologies.base import PatternInstance, merge_overlapping
 
@@ -40,9 +41,11 @@ class DetectionResult:
         """txn_ids of every alerted instance (all banks), optionally of one pattern only."""
         if self.graph is None:
             return set()
-        txn = self.graph.edges["txn_id"].to_numpy()
-        return {str(x) for i in self.instances if pattern in (None, i.pattern)
-                for x in txn[i.edge_idx]}
+        edges = [np.asarray(i.edge_idx, dtype=np.int64) for i in self.instances
+                 if pattern in (None, i.pattern)]
+        if not edges:
+            return set()
+        return {str(x) for x in self.graph.txn_ids(np.unique(np.concatenate(edges)))}
 
 
 def _banks(table: pa.Table, members: list[str] | None) -> list[str]:
@@ -101,12 +104,15 @@ def model_instances(graph, scores: np.ndarray, covered: np.ndarray, threshold: f
 
 def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
                   members: list[str] | None = None,
-                  placeholder_key: bytes | None = None) -> DetectionResult:
+                  placeholder_key: bytes | None = None, partitions: int = 1,
+                  map_partitions: PartitionMapper | None = None) -> DetectionResult:
     """Detect typologies (and model-scored payments) over the merged batches of all members.
 
     `merged` has TRANSACTION_SCHEMA columns, optionally `is_new` and `submitted_by` (see
     TransactionGraph.from_table). `members` defaults to the banks in `submitted_by`, or to
     every bank seen. `placeholder_key` fixes the anonymised placeholders (tests only).
+    `partitions` > 1 runs the typology detectors per time partition, through
+    `map_partitions` (default: one after another here; the enclave passes a Dask map).
     """
     config = config or DetectionConfig.load()
     banks = _banks(merged, members)
@@ -114,9 +120,10 @@ def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
     alert_cfg = config.section("alerts")
     require_new = bool(alert_cfg.get("require_new_edge", True))
 
-    found: list[PatternInstance] = []
-    for detector in build_detectors(config):
-        found.extend(merge_overlapping(detector.fit(graph).detect(graph)))
+    # Typology detectors, optionally split by time window (aml/detect/partition.py): the
+    # instances are the same either way.
+    found: list[PatternInstance] = detect_typologies(graph, build_detectors(config), partitions,
+                                                     map_partitions)
     # The model sees every instance (history too: it trains on history edges); alerts are
     # raised only for instances that contain a new payment.
     instances = [i for i in found if not require_new or graph.is_new[i.edge_idx].any()]

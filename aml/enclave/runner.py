@@ -111,7 +111,7 @@ def _allow_listed_messages() -> Callable[[str, Any], tuple[str, Any] | None]:
 
 
 # --- the worker side ------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {"inside": False, "keys": {}}
+_WORKER: dict[str, Any] = {"inside": False, "keys": {}, "workers": 0, "handoff": {}}
 
 
 def _redirect_std_streams() -> None:
@@ -147,13 +147,15 @@ def _exit_with_parent(poll_seconds: float = 0.5) -> None:
     threading.Thread(target=watch, name="enclave-parent-watch", daemon=True).start()
 
 
-def initialize_enclave_worker() -> None:
-    """Runs once in each worker process, after Prefect's own worker setup."""
+def initialize_enclave_worker(workers: int = 0) -> None:
+    """Runs once in each worker process, after Prefect's own worker setup. `workers`: how many
+    worker processes the runner has (1: every enclave task of the run lands in this process)."""
     _exit_with_parent()
     os.umask(0o077)
     _redirect_std_streams()
     _install_log_filter()
     _WORKER["inside"] = True
+    _WORKER["workers"] = int(workers)
 
 
 def in_enclave_worker() -> bool:
@@ -174,6 +176,28 @@ def enclave_keys(enclave_dir: str | Path):
 
         _WORKER["keys"][cache_key] = load_enclave_keys(Path(enclave_dir))
     return _WORKER["keys"][cache_key]
+
+
+def sole_worker() -> bool:
+    """True when this is the runner's only worker, so a later task of the run lands here too."""
+    require_enclave_worker()
+    return _WORKER["workers"] == 1
+
+
+def hand_over(work_dir: str | Path, name: str, value: Any) -> None:
+    """Keep `value` in this worker's memory for a later task of the same run (`take_over`).
+    Entries of other work areas (an earlier run that failed) are dropped first."""
+    require_enclave_worker()
+    store, area = _WORKER["handoff"], str(Path(work_dir))
+    for stale in [k for k in store if k[0] != area]:
+        del store[stale]
+    store[(area, name)] = value
+
+
+def take_over(work_dir: str | Path, name: str) -> Any | None:
+    """The value handed over under `name` in this run's work area (removed), or None."""
+    require_enclave_worker()
+    return _WORKER["handoff"].pop((str(Path(work_dir)), name), None)
 
 
 def _enter_work_area(work_dir: str | Path) -> None:
@@ -254,7 +278,7 @@ class EnclaveTaskRunner(ProcessPoolTaskRunner):
             max_workers=max_workers,
             subprocess_message_processor_factories=(_allow_listed_messages,),
             initializer=initialize_enclave_worker,
-            initargs=(),
+            initargs=(max_workers,),
         )
 
     def duplicate(self) -> "EnclaveTaskRunner":

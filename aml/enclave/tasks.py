@@ -9,7 +9,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from aml.enclave.runner import enclave_keys, enclave_log, enclave_task
+from aml.enclave.runner import enclave_keys, enclave_log, enclave_task, hand_over, sole_worker, take_over
 from aml.errors import FormatError, MembershipError
 from aml.crypto.digest import sha256_file
 
@@ -22,12 +22,51 @@ def _millis(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
 
 
+# Unsealed batches wait for the merge in the worker's memory when the runner has one worker
+# (the default: every enclave task runs in that process), else in the work area in Arrow's IPC
+# format, uncompressed: read back moments later, so encoding them (Parquet) cost more than it saved.
+WORK_TABLE_SUFFIX = ".arrow"
+
+
+def write_work_table(table, path: Path) -> None:
+    import pyarrow as pa
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1 << 20)
+
+
+def read_work_table(path: str | Path):
+    """A table written by `write_work_table`, memory-mapped (no copy until it is used)."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path), "r") as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def _in_background(fn, *args):
+    """Start `fn(*args)` in a thread of this worker; the future's result is (fn's result, ms)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed():
+        start = time.perf_counter()
+        return fn(*args), _millis(start)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="enclave-background")
+    future = pool.submit(timed)
+    pool.shutdown(wait=False)  # the thread ends with its one job
+    return future
+
+
+def _unsealed(work: Path, path: str):
+    """A batch's good rows as `unseal_batch` left them: in this worker's memory, else on disk."""
+    table = take_over(work, path)
+    return table if table is not None else read_work_table(path)
+
+
 @enclave_task
 def unseal_batch(enclave_dir: str, batch_file: str, bank: str, batch_id: str, work_dir: str) -> dict:
-    """Decrypt one bank's sealed batch, validate its rows and keep the good ones in the work area.
-    Returns the work-area path of the good rows and counts (quarantine reasons by code)."""
-    import pyarrow.parquet as pq
-
+    """Decrypt one bank's sealed batch, validate its rows and keep the good ones for the merge.
+    Returns the work-area name of the good rows and counts (quarantine reasons by code)."""
     from aml.enclave.identity import load_members, open_batch
     from aml.schema import validate
 
@@ -41,8 +80,11 @@ def unseal_batch(enclave_dir: str, batch_file: str, bank: str, batch_id: str, wo
     result = validate(table, bank_id=bank)
     out_dir = Path(work_dir) / "batches"
     out_dir.mkdir(mode=0o700, exist_ok=True)
-    out = out_dir / f"{bank}-{batch_id}.parquet"
-    pq.write_table(result.good, out)
+    out = out_dir / f"{bank}-{batch_id}{WORK_TABLE_SUFFIX}"
+    if sole_worker():  # the merge runs in this process too: hand the rows over in memory
+        hand_over(work_dir, str(out), result.good)
+    else:
+        write_work_table(result.good, out)
     reasons = {str(code): int(n) for code, n in result.counts.items() if int(n) and code != "good"}
     enclave_log(get_run_logger(), "batch_unsealed", batch_id=batch_id, bank=bank,
                 rows=result.good.num_rows, quarantined=result.quarantine.num_rows)
@@ -59,8 +101,6 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     Writes, in the work area: out/<bank>.amla (sealed, padded; one per member even when empty)
     and history.aes (the new history, encrypted). Returns their paths and hashes, the alert
     count per typology (totals over all banks, never per bank) and stage durations."""
-    import pyarrow.parquet as pq
-
     from aml.detect.config import DetectionConfig
     from aml.detect.pipeline import run_detection
     from aml.enclave.history import read_history, trim_to_window, write_history
@@ -75,20 +115,44 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
 
     start = time.perf_counter()
     history = read_history(Path(history_file) if history_file else None, keys.storage_key, history_run_id)
-    new = [(b["bank"], pq.read_table(b["path"])) for b in batches]
+    history_rows = history.num_rows
+    new = [(b["bank"], _unsealed(work, b["path"])) for b in batches]
     merged = merge_batches(new, history)
+    del new, history  # the merged table holds every row now; detection needs the memory
     in_window = trim_to_window(merged.merged, window_days, keep=merged.merged.column("is_new"))
-    enclave_log(logger, "history_loaded", rows=history.num_rows, kept=max(0, in_window.num_rows - merged.counts["new_rows"]))
+    merge_counts = merged.counts
+    enclave_log(logger, "history_loaded", rows=history_rows, kept=max(0, in_window.num_rows - merge_counts["new_rows"]))
     enclave_log(logger, "merged", batches=len(batches), rows=in_window.num_rows,
-                cross_bank=merged.counts["cross_bank"], conflicts=merged.counts["conflicts"])
+                cross_bank=merge_counts["cross_bank"], conflicts=merge_counts["conflicts"])
     millis["merge"] = _millis(start)
+
+    # The new history (the same rows: no second copy) is encoded and encrypted in a background
+    # thread while detection runs: Parquet's encoder and AES release the GIL, and detection
+    # leaves a core idle part of the time. Only ciphertext reaches the work area, where it
+    # stays until delivery, like the alert files.
+    history_path = work / "history.aes"
+    history_job = _in_background(write_history, trim_to_window(merged.history(), window_days), history_path,
+                                 keys.storage_key, run_id)
+    del merged
 
     start = time.perf_counter()
     config = DetectionConfig.load()
-    result = run_detection(in_window, config, members=sorted(members))
+    # Partitioned on a Dask cluster of enclave workers when AML_DASK_WORKERS or
+    # AML_DASK_SCHEDULER is set (aml/enclave/partitioned.py); same alerts either way.
+    from aml.enclave.partitioned import DaskPartitionMap, dask_settings
+
+    dask = dask_settings()
+    if dask is None:
+        result = run_detection(in_window, config, members=sorted(members))
+    else:
+        result = run_detection(in_window, config, members=sorted(members),
+                               partitions=dask.partitions,
+                               map_partitions=DaskPartitionMap(enclave_dir, work_dir, run_id, dask))
     n_alerts = sum(result.counts.values())
     enclave_log(logger, "detected", alerts=n_alerts, rows=in_window.num_rows)
     millis["detect"] = _millis(start)
+    # Detection's own sub-stages (graph, each detector, model, alert cutting), when it reports them.
+    millis.update({f"detect_{k}": int(v) for k, v in (getattr(result, "millis", None) or {}).items()})
 
     start = time.perf_counter()
     out_dir = work / "out"
@@ -101,15 +165,13 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
         path.write_bytes(sealed)
         alerts[bank] = {"path": str(path), "sha256": hashlib.sha256(sealed).hexdigest()}
     enclave_log(logger, "sealed", files=len(alerts), run_id=run_id)
-
-    history_path = work / "history.aes"
-    kept = write_history(trim_to_window(merged.history(), window_days), history_path, keys.storage_key, run_id)
     millis["seal"] = _millis(start)
+    kept, millis["history_background"] = history_job.result()
 
     return {
         "alerts": alerts,
         "patterns": {str(k): int(v) for k, v in sorted(result.counts.items())},
-        "merge": {k: int(v) for k, v in merged.counts.items()},
+        "merge": {k: int(v) for k, v in merge_counts.items()},
         "history": {"path": str(history_path), "sha256": sha256_file(history_path), "rows": int(kept)},
         "model_hash": str(result.model_hash),
         "config_hash": str(result.config_hash),

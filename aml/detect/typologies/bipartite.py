@@ -90,7 +90,9 @@ class BipartiteDetector(TypologyDetector):
             # Payees that share >= 2 payers in the window form the right-hand side.
             for b, right in shared_neighbour_groups(bucket, graph.dst[idx], graph.src[idx],
                                                         max_fan=self.max_fan):
-                e = idx[(bucket == b) & np.isin(graph.dst[idx], right)]
+                # idx is in time order, so one bucket's payments are one slice of it.
+                in_b = idx[np.searchsorted(bucket, b, "left"):np.searchsorted(bucket, b, "right")]
+                e = in_b[np.isin(graph.dst[in_b], right)]
                 e = e[~np.isin(graph.src[e], right)]  # payees paying each other: not this shape
                 payers, n_paid = np.unique(graph.src[e], return_counts=True)
                 left = payers[n_paid >= 2]  # the core: payers into >= 2 of these payees
@@ -155,7 +157,7 @@ class StackDetector(BipartiteDetector):
             for b, layer in shared_neighbour_groups(bucket[into_mid], graph.dst[idx][into_mid],
                                                     graph.src[idx][into_mid],
                                                     max_fan=self.max_fan):
-                in_b = idx[bucket == b]
+                in_b = idx[np.searchsorted(bucket, b, "left"):np.searchsorted(bucket, b, "right")]
                 e_in = in_b[np.isin(graph.dst[in_b], layer)]
                 e_out = in_b[np.isin(graph.src[in_b], layer)]
                 srcs, c_in = np.unique(graph.src[e_in], return_counts=True)

@@ -170,28 +170,61 @@ class PassThroughDetector(TypologyDetector):
         self._links = (after[by_after], before[by_after], before[by_before], after[by_before])
         out = []
         seen = set()
-        for bucket in window_buckets(graph.t[e], w):
-            df = pd.DataFrame({"v": node, "b": bucket, "e": e, "in": inbound,
-                               "a": graph.amount[e], "t": graph.t[e]})
+        amount, t = graph.amount[e], graph.t[e]
+        for bucket in window_buckets(t, w):
+            df = pd.DataFrame({"v": node, "b": bucket, "e": e, "in": inbound, "a": amount, "t": t})
             df["a_in"] = np.where(df["in"], df.a, 0.0)
             df["a_out"] = np.where(df["in"], 0.0, df.a)
-            agg = df.groupby(["v", "b"], sort=False).agg(
+            grouped = df.groupby(["v", "b"], sort=False)
+            agg = grouped.agg(
                 a_in=("a_in", "sum"), a_out=("a_out", "sum"), n_in=("in", "sum"),
                 n=("e", "size"))
             agg["n_out"] = agg.n - agg.n_in
             ratio = agg.a_out / agg.a_in.where(agg.a_in > 0)
-            cand = agg[(agg.a_in >= self.min_amount) & (agg.n_out > 0)
+            is_cand = ((agg.a_in >= self.min_amount) & (agg.n_out > 0)
                        & (ratio >= self.min_forward_share) & (ratio <= self.max_forward_share)
-                       & (agg.n <= self.max_payments)]
-            if cand.empty:
+                       & (agg.n <= self.max_payments)).to_numpy()
+            if not is_cand.any():
                 continue
-            sub = df.set_index(["v", "b"]).loc[cand.index].reset_index()
-            for (v, _), g in sub.groupby(["v", "b"], sort=False):
-                inst = self._judge(graph, int(v), g)
+            # Candidate (account, bucket) groups in order of first appearance, each group's
+            # rows in their original order (as a sort=False group-by hands them out).
+            rank = np.full(len(agg), -1, dtype=np.int64)
+            rank[is_cand] = np.arange(int(is_cand.sum()))
+            row_rank = rank[grouped.ngroup().to_numpy()]
+            rows = np.flatnonzero(row_rank >= 0)
+            rows = rows[np.argsort(row_rank[rows], kind="stable")]
+            bounds = np.flatnonzero(np.diff(row_rank[rows])) + 1
+            plausible = self._plausible(rows, bounds, inbound, amount, t)
+            for r, ok in zip(np.split(rows, bounds), plausible):
+                if not ok:
+                    continue
+                inst = self._judge(graph, int(node[r[0]]), e[r], inbound[r], amount[r], t[r])
                 if inst is not None and tuple(inst.edge_idx) not in seen:
                     seen.add(tuple(inst.edge_idx))
                     out.append(inst)
         return out
+
+    def _plausible(self, rows, bounds, inbound, amount, t) -> np.ndarray:
+        """Per candidate group (rows split at bounds): could _judge accept it? The forwarded
+        share and the dwell, vectorised with a little slack, so that only groups _judge would
+        reject anyway are skipped (it decides exactly, group by group)."""
+        starts = np.concatenate([[0], bounds])
+        group = np.repeat(np.arange(len(starts)), np.diff(np.concatenate([starts, [len(rows)]])))
+        t_r, in_r, a_r = t[rows], inbound[rows], amount[rows]
+        big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        first_in = np.minimum.reduceat(np.where(in_r, t_r, big), starts)
+        later_out = ~in_r & (t_r > first_in[group])
+        n = len(starts)
+        inflow = np.bincount(group, weights=np.where(in_r, a_r, 0.0), minlength=n)
+        outflow = np.bincount(group, weights=np.where(later_out, a_r, 0.0), minlength=n)
+        has_out = np.bincount(group, weights=later_out, minlength=n) > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = outflow / inflow
+        dwell = np.minimum.reduceat(np.where(later_out, t_r, big), starts) \
+            - np.maximum.reduceat(np.where(in_r, t_r, small), starts)
+        return has_out & (share >= self.min_forward_share * (1 - 1e-9)) \
+            & (share <= self.max_forward_share * (1 + 1e-9)) \
+            & (dwell >= 0) & (dwell <= self.max_dwell_hours * HOUR + 1)
 
     def _linked_hops(self, ins: np.ndarray, outs: np.ndarray) -> np.ndarray:
         """The payments that fed the mule's payers and that its payees passed on."""
@@ -202,27 +235,30 @@ class PassThroughDetector(TypologyDetector):
             found += [vals[a:b][:MAX_LINKS_PER_EDGE] for a, b in zip(lo, hi)]
         return np.concatenate(found) if found else np.empty(0, np.int64)
 
-    def _judge(self, graph, v, g):
-        ins, outs = g[g["in"]], g[~g["in"]]
-        first_in = ins.t.min()
-        outs = outs[outs.t > first_in]  # forwarding follows the arrival
-        if outs.empty:
+    def _judge(self, graph, v, e, inbound, a, t):
+        """One (account, bucket) candidate: its sizeable payments `e` with direction, amount
+        and time (tiny arrays, in the order the group-by saw them)."""
+        ins, outs = e[inbound], e[~inbound]
+        a_in, t_in = a[inbound], t[inbound]
+        later = t[~inbound] > t_in.min()  # forwarding follows the arrival
+        outs, a_out, t_out = outs[later], a[~inbound][later], t[~inbound][later]
+        if len(outs) == 0:
             return None
-        inflow = float(ins.a.sum())
-        share_fwd = float(outs.a.sum() / inflow)
+        inflow = float(a_in.sum())
+        share_fwd = float(a_out.sum() / inflow)
         if not self.min_forward_share <= share_fwd <= self.max_forward_share:
             return None
-        payers = set(graph.src[ins.e.to_numpy()].tolist())
-        if payers & set(graph.dst[outs.e.to_numpy()].tolist()):
+        payers = set(graph.src[ins].tolist())
+        if payers & set(graph.dst[outs].tolist()):
             return None  # money going back to a payer is a refund, not a pass-through
-        dwell_h = float((outs.t.min() - ins.t.max()) / HOUR)
+        dwell_h = float((t_out.min() - t_in.max()) / HOUR)
         if dwell_h < 0 or dwell_h > self.max_dwell_hours:
             return None  # paying out before the money arrived (ordinary turnover), or too late
-        edges = np.concatenate([ins.e.to_numpy(), outs.e.to_numpy()])
-        linked = bool(self._fed[ins.e.to_numpy()].any() or self._moved_on[outs.e.to_numpy()].any())
+        edges = np.concatenate([ins, outs])
+        linked = bool(self._fed[ins].any() or self._moved_on[outs].any())
         if self.require_linked_hop and not linked:
             return None
-        edges = np.concatenate([edges, self._linked_hops(ins.e.to_numpy(), outs.e.to_numpy())])
+        edges = np.concatenate([edges, self._linked_hops(ins, outs)])
         new_share = float(graph.pair_first[edges].mean())
         if new_share < self.min_new_counterparty_share:
             return None  # regular payers and payees: a business, not a mule
