@@ -8,7 +8,7 @@ a few sorts of the edge list — no Python loop over edges.
 `FeatureTable(graph)` computes the same features once but keeps them compact (counts as int32,
 per-account facts per account, features of the amount or time alone not at all) and hands out
 float64 rows on request (`take_rows`), so the model never holds a float64 matrix of every
-payment: about 120 bytes per payment instead of 490.
+payment: about 140 bytes per payment instead of 490 (61 float64 columns).
 
 Windows are two-sided (``[t - w, t + w]``): detection runs over a whole batch after the fact,
 so activity shortly after a payment (the mule forwarding it on) is as telling as activity
@@ -243,7 +243,7 @@ class FeatureTable:
 
         # How unusual this payment's currency and format are for the payer.
         currency = np.asarray(graph.currency_code, dtype=np.int64)
-        self._format = np.asarray(graph.format_code, dtype=np.int64)
+        self._format = np.asarray(graph.format_code)
         rows["currency_count_src"] = _group_size(src, currency)
         rows["format_count_src"] = _group_size(src, self._format)
         self._format_code = {name: graph.formats.index(name) if name in graph.formats else -1

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import sklearn
@@ -124,10 +126,26 @@ class PooledModel(ClassifierMixin, BaseEstimator):
         n_neg = int((yk == 0).sum())
         cap = self.max_train_negatives
         rate = 1.0 if cap is None or n_neg <= cap else cap / n_neg
-        self.threshold_ = self._choose_threshold(X, known_idx, yk, rate, tk)
         keep = self._training_rows(yk, rate)
-        self.estimator_ = self._booster().fit(_rows(X, known_idx[keep]), yk[keep])
+        # The validation fit (for the threshold) and the final fit are independent: with two
+        # cores, run them side by side. Each is the same fit it would be alone.
+        with self._pool() as pool:
+            threshold = pool.submit(self._choose_threshold, X, known_idx, yk, rate, tk)
+            estimator = pool.submit(lambda: self._booster().fit(
+                _rows(X, known_idx[keep]), yk[keep]))
+            self.threshold_, self.estimator_ = threshold.result(), estimator.result()
         return self
+
+    def _workers(self) -> int:
+        """Python threads for independent fits / blocks of rows, each with n_threads OpenMP
+        threads: the cores there are (at most 2: two fits, and prediction scales no further
+        on our machines)."""
+        return max(1, min(2, (os.cpu_count() or 1) // max(int(self.n_threads), 1)))
+
+    def _pool(self) -> ThreadPoolExecutor:
+        # OpenMP's thread count is per thread: set it in each worker thread (for its life).
+        return ThreadPoolExecutor(max_workers=self._workers(), initializer=threadpool_limits,
+                                  initargs=(self.n_threads, "openmp"))
 
     def _training_rows(self, y, rate: float) -> np.ndarray:
         """All laundering rows and a fixed-seed `rate` sample of the clean ones, in time order.
@@ -180,8 +198,8 @@ class PooledModel(ClassifierMixin, BaseEstimator):
             score = lambda rows: self.estimator_.predict_proba(rows)[:, 1]  # noqa: E731
         else:
             score = lambda rows: self._scale_raw(-self.estimator_.score_samples(rows))  # noqa: E731
-        with threadpool_limits(self.n_threads):
-            return _predict_blocks(score, X, np.arange(_n_rows(X)))
+        with self._pool() as pool:
+            return _predict_blocks(score, X, np.arange(_n_rows(X)), pool.submit)
 
     def decision_function(self, X) -> np.ndarray:
         """Calibrated score: the threshold maps to 0.5, monotone, in 0..1."""
@@ -195,12 +213,21 @@ class PooledModel(ClassifierMixin, BaseEstimator):
         return (self.decision_function(X) >= 0.5).astype(int)
 
 
-def _predict_blocks(score, X, idx: np.ndarray) -> np.ndarray:
+def _predict_blocks(score, X, idx: np.ndarray, submit=None) -> np.ndarray:
     """score(rows of X) for rows `idx`, PREDICT_BLOCK rows at a time (each row's score does not
-    depend on the others in its call)."""
+    depend on the others in its call). `submit(fn, *args) -> future` runs blocks in a pool."""
     out = np.empty(len(idx), dtype=np.float64)
-    for start in range(0, len(idx), PREDICT_BLOCK):
+
+    def block(start: int) -> None:
         out[start:start + PREDICT_BLOCK] = score(_rows(X, idx[start:start + PREDICT_BLOCK]))
+
+    starts = range(0, len(idx), PREDICT_BLOCK)
+    if submit is None:
+        for start in starts:
+            block(start)
+    else:
+        for future in [submit(block, start) for start in starts]:
+            future.result()
     return out
 
 
