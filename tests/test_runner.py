@@ -117,6 +117,14 @@ def test_hand_over_stays_in_the_worker_and_within_one_work_area(inside_worker, m
     assert runner._WORKER["handoff"] == {(str(tmp_path / "run-b"), "b3"): "fresh"}
 
 
+def test_inside_the_worker_the_runner_starts_no_pool_and_takes_no_tasks(inside_worker):
+    # Prefect re-enters the flow's runner in the worker for every task: nothing may start there.
+    with EnclaveTaskRunner() as inner:
+        assert inner._executor is None and inner._message_forwarding_thread is None
+        with pytest.raises(RuntimeError):
+            inner.submit(count_rows, {"n": 1})
+
+
 def test_hand_over_refuses_outside_the_worker(tmp_path):
     with pytest.raises(EnclaveBoundaryError):
         runner.hand_over(tmp_path, "b1", "rows")

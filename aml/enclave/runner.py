@@ -35,7 +35,7 @@ from typing import Any, Callable
 import aml.prefect_env  # noqa: F401  (project settings before prefect is imported)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from aml.errors import AmlError, EnclaveBoundaryError, EnclaveTaskError
 
@@ -283,6 +283,28 @@ class EnclaveTaskRunner(ProcessPoolTaskRunner):
 
     def duplicate(self) -> "EnclaveTaskRunner":
         return type(self)(max_workers=self._max_workers)
+
+    def __enter__(self) -> "EnclaveTaskRunner":
+        if in_enclave_worker():
+            # Prefect enters a copy of the flow's runner in the worker for every task it runs
+            # there (rebuilding the flow-run context). Nothing is ever submitted from inside the
+            # enclave, so no pool, queue or threads: they only cost time per task.
+            TaskRunner.__enter__(self)
+            return self
+        super().__enter__()
+        # Start the worker now rather than at the first submit: spawning it and importing
+        # Prefect takes seconds, which then overlap with the flow's own work (checking the inbox).
+        executor = self._executor
+        if hasattr(executor, "_adjust_process_count") and hasattr(executor, "_start_executor_manager_thread"):
+            executor._adjust_process_count()
+            executor._start_executor_manager_thread()
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if in_enclave_worker():
+            TaskRunner.__exit__(self, exc_type, exc_value, traceback)
+            return
+        super().__exit__(exc_type, exc_value, traceback)
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):  # noqa: D102
         if not is_enclave_task(task):
