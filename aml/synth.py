@@ -5,13 +5,16 @@ non-member banks (`X01`, `X02`): ordinary traffic (payroll, card purchases, bill
 each other back, supplier invoices, self-transfers, reinvestment) plus labelled laundering in the
 eight AMLworld typologies, structuring, pass-through mules, and laundering disguised as payroll or
 supplier payments. Laundering is laid across banks so each member sees one or two legs, with the
-amounts, formats and times of ordinary sizeable payments, and ordinary look-alikes of single legs
-(one-off transfers, forwarders) make one bank's view ambiguous: the cross-bank graph is what
-tells them apart. docs/synthetic-data.md describes every shape and its ordinary look-alike.
+amounts, formats and times of ordinary sizeable payments. Every local shape a bank can see of a
+laundering pattern has ordinary look-alikes that outnumber it (one-off transfers, forwarders,
+salary forwarders, and ordinary twins of the star shapes built by the same code), while the
+evidence that separates them sits at other banks (mule leaves pass the money on, smurfs were
+funded just before): the cross-bank graph is what tells them apart. docs/synthetic-data.md
+describes every shape and its ordinary look-alike.
 
-Ordinary traffic is generated fully vectorised (no Python loop per transaction); laundering is
-generated one pattern instance at a time, since instances are few. Everything is drawn from one
-seeded numpy Generator, so the same arguments give identical tables.
+Ordinary traffic is generated fully vectorised (no Python loop per transaction); laundering and
+its twins are generated one instance at a time, since instances are few. Everything is drawn
+from one seeded numpy Generator, so the same arguments give identical tables.
 """
 
 from __future__ import annotations
@@ -43,7 +46,13 @@ USD_PER_UNIT: dict[str, float] = {
 # --accounts 10000 --days 60 gives about 1.02 M transactions.
 TXNS_PER_ACCOUNT_DAY = 1.7
 LAUNDERING_SHARE = 0.007
-LOOKALIKE_SHARE = 0.03  # ordinary payments shaped like laundering legs (`_lookalikes`)
+# Ordinary payments shaped like single laundering legs (`_lookalikes`), as shares of the
+# ordinary traffic: one-off sizeable transfers, and "forwarders" (money received and passed
+# on within hours). Forwarders are what each bank sees of a chain, a cycle or a mule leaf:
+# there must be several ordinary ones for every laundering one.
+ONE_OFF_SHARE = 0.015
+FORWARDER_SHARE = 0.04
+SALARY_FORWARD_SHARE = 0.3  # of the forwarders' monthly salaries (`_payroll`)
 MIN_INSTANCES_PER_PATTERN = 5
 
 TYPOLOGIES = (
@@ -92,6 +101,10 @@ class _Population:
     merchants: np.ndarray
     utilities: np.ndarray
     n_members: int
+    # Roles in ordinary look-alike traffic (`_lookalikes`, `_decoys`): accounts that send
+    # sizeable one-offs, that pass money on, that receive. Disjoint, so look-alikes never
+    # chain into multi-hop flows by coincidence.
+    roles: dict = field(default_factory=dict)
 
 
 def _make_population(rng: np.random.Generator, banks: int, accounts: int) -> _Population:
@@ -187,7 +200,11 @@ def _month_starts(days: int) -> np.ndarray:
 def _payroll(rng, pop: _Population, days: int, out: _Edges) -> None:
     """Companies pay their employees on a fixed day each month: regular, similar amounts."""
     companies = pop.companies
-    employed = pop.persons[rng.random(len(pop.persons)) < 0.9]
+    # 90 % of persons are employed, except the look-alike senders (savers, retirees, the
+    # self-employed): a sizeable payment right after payday would otherwise look like money
+    # passed on.
+    employed = pop.persons[(rng.random(len(pop.persons)) < 0.9)
+                           & ~np.isin(pop.persons, pop.roles["send"])]
     # Big employers and small ones (Zipf-like headcount).
     size_w = 1.0 / np.arange(1, len(companies) + 1) ** 0.9
     employer = companies[rng.choice(len(companies), size=len(employed), p=size_w / size_w.sum())]
@@ -211,6 +228,16 @@ def _payroll(rng, pop: _Population, days: int, out: _Edges) -> None:
         usd = salary * rng.uniform(0.98, 1.02, size=len(employed))
         keep = (t >= 0) & (t < days * DAY)
         out.add(employer[keep], employed[keep], t[keep], usd[keep], fmt_of[employer][keep])
+        # Some forwarders pass the salary straight on, within hours (to an account of their
+        # own elsewhere, to family, a landlord, a broker): what one bank sees of a mule paid
+        # a "salary" by a front company (disguised payroll) looks like this.
+        fwd = keep & np.isin(employed, pop.roles["pass"]) & (rng.random(len(employed)) < SALARY_FORWARD_SHARE)
+        n = int(fwd.sum())
+        to = pop.roles["recv"][rng.integers(0, len(pop.roles["recv"]), n)]
+        tf = t[fwd] + rng.integers(HOUR // 2, 8 * HOUR, n)
+        ok = tf < days * DAY
+        out.add(employed[fwd][ok], to[ok], tf[ok], (usd[fwd] * rng.uniform(0.90, 0.995, n))[ok],
+                _pick_formats(rng, n, _LAUNDER_FORMATS)[ok])
 
 
 def _bills(rng, pop: _Population, days: int, out: _Edges) -> None:
@@ -282,7 +309,7 @@ def _supplier_payments(rng, pop: _Population, n: int, days: int, out: _Edges) ->
 def _self_transfers(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     """One person's accounts at two different banks move money between each other."""
     persons = pop.persons
-    n_pairs = max(1, len(persons) // 16)
+    n_pairs = max(1, len(persons) // 8)
     pairs = rng.choice(persons, size=(n_pairs, 2), replace=False)
     a, b = pairs[:, 0], pairs[:, 1]
     # Same owner, different bank: move the twin to another member bank if they coincide.
@@ -305,17 +332,17 @@ def _reinvestment(rng, pop: _Population, n: int, days: int, out: _Edges) -> None
     out.add(co, co, t, usd, REINVEST)
 
 
-def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
+def _lookalikes(rng, pop: _Population, n_one_off: int, n_forward: int, days: int,
+                out: _Edges) -> None:
     """Ordinary payments shaped like single laundering legs: sizeable one-off transfers to new
     counterparties at other banks (half of them abroad-linked) and accounts that receive such a
     transfer and pass most of it on within hours (a remittance, a house deposit, a friend
     settling a shared bill). Same amounts, formats and times of day as laundering legs, so one
     bank's view of a mule's leg looks like these; what they lack is the next hop: the money
     stops with the first recipient."""
-    # Senders, forwarders and final recipients come from three disjoint thirds of the accounts,
-    # so look-alikes never chain into multi-hop flows by coincidence.
-    eligible = np.concatenate([pop.persons, pop.companies])
-    group = rng.integers(0, 3, len(eligible))
+    eligible = pop.persons
+    group = np.select([np.isin(eligible, pop.roles["pass"]), np.isin(eligible, pop.roles["recv"])],
+                      [1, 2], 0)
     abroad = np.flatnonzero(np.isin(pop.bank, [pop.bank_ids.index(b) for b in NON_MEMBER_BANKS])
                             & (pop.role != MERCHANT))
     fmt_codes = np.array(list(_LAUNDER_FORMATS), dtype=np.int8)
@@ -335,8 +362,8 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     def fmts(k):
         return rng.choice(fmt_codes, size=k, p=fmt_p / fmt_p.sum())
 
-    # One-off transfers: half of the look-alike rows.
-    k = n // 2
+    # One-off transfers.
+    k = n_one_off
     src, dst = parties(k, 0.15, 0), parties(k, 0.1, 2)
     t = rng.integers(0, days, k) * DAY + _daytime(rng, k)
     # Sized like laundering legs: a whole hop's sum, or a third of one (a fan's leg).
@@ -348,14 +375,21 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     keep = src != dst
     out.add(src[keep], dst[keep], t[keep], usd[keep], fmts(k)[keep])
 
-    # Forwarders: 1-3 payments in, 80-99.5 % of them out within 0.5-10 h to 1-3 others.
-    episodes = max(1, (n - k) // 4)
+    # Forwarders: 1-2 payments in, 80-99.5 % of them out within 0.5-10 h to 1-2 others
+    # (salary moved to one's own account elsewhere, a broker or notary paying out a client's
+    # money, a payment intermediary settling). Sized like a chain hop or a fan's leg.
+    episodes = max(1, n_forward // 3)
     fwd = parties(episodes, 0.0, 1)
-    n_in, n_out = rng.integers(1, 3, episodes), rng.integers(1, 3, episodes)
-    total = amounts(episodes)
+    n_in = np.where(rng.random(episodes) < 0.7, 1, 2)
+    n_out = np.where(rng.random(episodes) < 0.7, 1, 2)
+    total = amounts(episodes) * np.where(rng.random(episodes) < 0.5, rng.beta(6, 12, episodes), 1.0)
+    # Some pass on a sum just under the 10,000 USD line (what a smurf's bank sees).
+    band = rng.random(episodes) < 0.15
+    total[band] = rng.uniform(8_600, 10_500, band.sum())
     t_in = rng.integers(0, days, episodes) * DAY + _daytime(rng, episodes)
     i_ep = np.repeat(np.arange(episodes), n_in)
-    part = rng.dirichlet(np.full(3, 6.0), episodes)
+    part = rng.dirichlet(np.full(2, 6.0), episodes)
+    part[n_in == 1] = [1.0, 0.0]  # one payment in carries the whole sum
     a_in = total[i_ep] * part[i_ep, np.arange(len(i_ep)) - np.repeat(np.cumsum(n_in) - n_in, n_in)]
     ti = t_in[i_ep] + rng.integers(0, 6 * HOUR, len(i_ep))
     payer = parties(len(i_ep), 0.0, 0)
@@ -368,9 +402,12 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     o_part = rng.dirichlet(np.full(3, 6.0), episodes)
     pos = np.arange(len(o_ep)) - np.repeat(np.cumsum(n_out) - n_out, n_out)
     weight = o_part[o_ep, pos] / np.add.reduceat(o_part[o_ep, pos], np.cumsum(n_out) - n_out)[o_ep]
-    # Half keep a small fee like a layering hop, half pass on 80-97 % like a mule.
-    kept = np.where(rng.random(episodes) < 0.5, rng.uniform(0.97, 0.999, episodes),
-                    rng.uniform(0.80, 0.97, episodes))
+    # Pass on what a layering hop does: nearly everything (a fee), or 90-99.5 % (a mule's
+    # leg), a few 80-90 %.
+    u = rng.random(episodes)
+    kept = np.select([u < 0.45, u < 0.9], [rng.uniform(0.97, 0.999, episodes),
+                                          rng.uniform(0.90, 0.995, episodes)],
+                     rng.uniform(0.80, 0.90, episodes))
     a_out = share_in[o_ep] * kept[o_ep] * weight
     to = last_in[o_ep] + rng.integers(HOUR // 2, 10 * HOUR, len(o_ep))
     payee = parties(len(o_ep), 0.0, 2)
@@ -378,18 +415,29 @@ def _lookalikes(rng, pop: _Population, n: int, days: int, out: _Edges) -> None:
     out.add(fwd[o_ep][ok], payee[ok], to[ok], a_out[ok], fmts(len(o_ep))[ok])
 
 
+def _assign_roles(rng, pop: _Population) -> None:
+    """Senders, forwarders and final recipients of look-alike traffic: disjoint groups of
+    persons (35 %, 30 %, 35 %), so look-alikes never chain into multi-hop flows by
+    coincidence, and senders and recipients are spread thin enough not to pile up into
+    stars. Persons only: a company pays its suppliers every day, and any sizeable inflow
+    would chain with one of those payments by chance."""
+    group = rng.choice(3, len(pop.persons), p=[0.35, 0.3, 0.35])
+    pop.roles = {r: np.sort(pop.persons[group == g]) for g, r in enumerate(("send", "pass", "recv"))}
+
+
 def _ordinary(rng, pop: _Population, days: int, out: _Edges) -> int:
     target = int(TXNS_PER_ACCOUNT_DAY * len(pop.bank) * days)
     before = sum(len(x) for x in out.src)
+    _assign_roles(rng, pop)
     _payroll(rng, pop, days, out)
     _bills(rng, pop, days, out)
     structural = sum(len(x) for x in out.src) - before
     rest = max(0, target - structural)
-    _self_transfers(rng, pop, int(0.03 * rest), days, out)
+    _self_transfers(rng, pop, int(0.01 * rest), days, out)
     _friends(rng, pop, int(0.07 * rest), days, out)  # two transactions per pair
     _supplier_payments(rng, pop, int(0.10 * rest), days, out)
     _reinvestment(rng, pop, int(0.005 * rest), days, out)
-    _lookalikes(rng, pop, int(LOOKALIKE_SHARE * target), days, out)
+    _lookalikes(rng, pop, int(ONE_OFF_SHARE * target), int(FORWARDER_SHARE * target), days, out)
     done = sum(len(x) for x in out.src) - before
     _card_purchases(rng, pop, max(0, target - done), days, out)
     return target
@@ -412,6 +460,7 @@ class _Instance:
 _LAUNDER_FORMATS = {ACH: 0.50, WIRE: 0.30, CHEQUE: 0.14, CASH: 0.06}
 # Share of star shapes (fans, gather-scatter hubs, structuring parties) centred abroad.
 STAR_CENTER_ABROAD = 0.5
+TWIN_CENTER_ABROAD = 0.1
 # Share of participant draws from the ring of repeat launderers (the rest are one-off mules).
 RING_SHARE = 0.1
 
@@ -430,20 +479,29 @@ class _Launderer:
         self.usd_accounts = eligible[pop.currency[eligible] == _CUR["USD"]]
         abroad = np.isin(pop.bank, [pop.bank_ids.index(b) for b in NON_MEMBER_BANKS])
         self.abroad = np.flatnonzero(abroad & (pop.role != MERCHANT))
+        self.member_persons = np.setdiff1d(pop.persons, self.abroad)
+        # True while building an ordinary twin of a shape (`_decoys`): participants are
+        # ordinary customers and the shape gets no laundering continuation.
+        self.legit = False
 
     # participants ------------------------------------------------------------------------
-    def accounts(self, k: int, min_banks: int = 2, pool: np.ndarray | None = None) -> np.ndarray:
+    def accounts(self, k: int, min_banks: int = 2, pool: np.ndarray | None = None,
+                 role: str | None = None) -> np.ndarray:
         """k distinct accounts laid across as many banks as possible: each next account is at
         the bank used least so far in this instance (never the previous account's bank when
         another is available), so any one bank sees only one or two legs of the pattern."""
         rng, bank = self.rng, self.pop.bank
+        # Participants come from the look-alike role of their part (senders, forwarders,
+        # recipients), so a mule's account has the everyday profile of an ordinary forwarder
+        # and an ordinary twin's participants never chain into flows.
+        base = self.pop.roles[role] if role and self.pop.roles else self.eligible
         if pool is None:
-            src = self.ring if rng.random() < RING_SHARE else self.eligible
+            src = self.ring if not self.legit and rng.random() < RING_SHARE else base
         else:
-            src = pool
-        cand = rng.choice(src, size=min(len(src), 4 * k + 20), replace=False)
+            src = pool if base is self.eligible else np.intersect1d(pool, base)
+        cand = rng.choice(src, size=min(len(src), 8 * k + 40), replace=False)
         if len(np.unique(bank[cand])) < min(min_banks, k) and pool is None:
-            cand = np.concatenate([cand, rng.choice(self.eligible, size=min(len(self.eligible), 4 * k + 20), replace=False)])
+            cand = np.concatenate([cand, rng.choice(base, size=min(len(base), 4 * k + 20), replace=False)])
             cand = cand[np.sort(np.unique(cand, return_index=True)[1])]
         used: dict[int, int] = {}
         chosen: list[int] = []
@@ -460,16 +518,60 @@ class _Launderer:
             used[prev] = used.get(prev, 0) + 1
         return np.array(chosen, dtype=np.int64)
 
-    def center(self, others: np.ndarray) -> int:
+    def center(self, others: np.ndarray, role: str | None = None,
+               abroad_share: float | None = None) -> int:
         """The hub of a star shape. Often abroad (a non-member bank): money wired in from, or
-        out to, a foreign account through many domestic accounts, so no member sees the star."""
+        out to, a foreign account through many domestic accounts, so no member sees the star.
+        Ordinary twins are seldom centred abroad: a twin is there to be seen by a member."""
+        if abroad_share is None:
+            abroad_share = STAR_CENTER_ABROAD if not self.legit else TWIN_CENTER_ABROAD
         pool = np.setdiff1d(self.abroad, others)
-        if len(pool) and self.rng.random() < STAR_CENTER_ABROAD:
+        if len(pool) and self.rng.random() < abroad_share:
             return int(self.rng.choice(pool))
         while True:
-            c = int(self.accounts(1, 1)[0])
+            c = int(self.accounts(1, 1, role=role)[0])
             if c not in others:
                 return c
+
+    def mule(self, ordinary: str) -> str:
+        """Role of a leaf: a laundering leaf passes money on (a forwarder's profile); its
+        ordinary twin keeps it (`ordinary`)."""
+        return ordinary if self.legit else "pass"
+
+    def fresh(self, k: int, exclude, role: str | None = None) -> np.ndarray:
+        """k accounts laid across banks like `accounts`, none of them in `exclude`."""
+        acc = self.accounts(k + len(exclude) + 2, 3, role=role)
+        acc = acc[~np.isin(acc, np.asarray(exclude))]
+        return acc[:k]
+
+    # cross-bank continuations ------------------------------------------------------------
+    # A laundering leg is seldom the whole story: the leaves of a fan-out are mules who pass
+    # the money on within hours, the smurfs of a fan-in were funded just before. These hops
+    # sit at the leaves' banks, so only the consortium sees them next to the star; each
+    # leaf's own bank sees an ordinary-looking "received and passed on" (see `_lookalikes`).
+    def _visible(self, accs, other: np.ndarray) -> np.ndarray:
+        """A leaf abroad deals with a member bank's account: a hop between two foreign
+        accounts would be in no member's data at all."""
+        other = other.copy()
+        far = np.isin(accs, self.abroad) & np.isin(other, self.abroad)
+        if far.any():
+            home = self.member_persons
+            other[far] = home[self.rng.integers(0, len(home), far.sum())]
+        return other
+
+    def forward_on(self, inst: _Instance, accs, times, amounts) -> None:
+        """Each account passes 90-99.5 % of what it just received on within 0.5-8 hours."""
+        nxt = self.fresh(len(accs), [a for e in inst.edges for a in e[:2]], role="recv")
+        nxt = self._visible(accs, nxt)
+        for a, n, t, amt in zip(accs, nxt, times, amounts):
+            inst.pay(a, n, t + self.hours(0.5, 8), amt * self.rng.uniform(0.90, 0.995), self.fmt())
+
+    def fund_before(self, inst: _Instance, accs, times, amounts) -> None:
+        """Each account received about what it pays (plus a fee) 0.5-8 hours before."""
+        src = self.fresh(len(accs), [a for e in inst.edges for a in e[:2]], role="send")
+        src = self._visible(accs, src)
+        for a, f, t, amt in zip(accs, src, times, amounts):
+            inst.pay(f, a, t - self.hours(0.5, 8), amt / self.rng.uniform(0.90, 0.995), self.fmt())
 
     def companies(self, k: int) -> np.ndarray:
         return self.rng.choice(self.pop.companies, size=k, replace=False)
@@ -497,13 +599,32 @@ class _Launderer:
         """One hub paying (outward) or paid by 5-15 leaves within hours to days."""
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(5, 16))
-        leaves = self.accounts(k, 3)
-        hub = self.center(leaves)
-        window = self.hours(6, 72)
+        leaves = self.accounts(k, 3, role=self.mule("recv" if outward else "send"))
+        hub = self.center(leaves, role="send" if outward else "recv")
+        window = self.hours(6, 48)
         times = np.sort(rng.uniform(0, window, k))
-        for leaf, t, a in zip(leaves, times, self.split(self.amount() * k / 3, k)):
+        # Legs about a third of a hop each, never so small that they drown in everyday spending.
+        amounts = self.split(max(self.amount(), 4_500) * k / 3, k)
+        for leaf, t, a in zip(leaves, times, amounts):
             src, dst = (hub, leaf) if outward else (leaf, hub)
             inst.pay(src, dst, t, a, self.fmt())
+        if not self.legit:
+            (self.forward_on if outward else self.fund_before)(inst, leaves, times, amounts)
+        return inst
+
+    def small_star(self) -> _Instance:
+        """An ordinary person paying, or paid by, 2-6 new counterparties within days (a
+        renovation, tuition, a deposit; rent from tenants): what one bank sees of a
+        bipartite, stack or scatter-gather layer."""
+        rng, inst = self.rng, _Instance()
+        k = int(rng.integers(2, 7))
+        outward = rng.random() < 0.5
+        leaves = self.accounts(k, 3, role="recv" if outward else "send")
+        hub = self.center(leaves, role="send" if outward else "recv")
+        times = np.sort(rng.uniform(0, self.hours(6, 72), k))
+        for leaf, t in zip(leaves, times):
+            a = self.amount() / 3 * rng.uniform(0.8, 1.2)
+            inst.pay(*((hub, leaf) if outward else (leaf, hub)), t, a, self.fmt())
         return inst
 
     def fan_out(self) -> _Instance:
@@ -522,50 +643,67 @@ class _Launderer:
 
     def cycle(self) -> _Instance:
         k = int(self.rng.integers(3, 9))
-        acc = self.accounts(k, 2)
+        acc = self.accounts(k, 2, role="pass")
+        # The closing hop crosses a bank too: move the first account to a place between two
+        # accounts at other banks when it shares a bank with the last.
+        bank = self.pop.bank
+        if len(acc) > 3 and bank[acc[0]] == bank[acc[-1]]:
+            first, rest = acc[0], acc[1:]
+            for j in range(1, len(rest)):
+                if bank[first] not in (bank[rest[j - 1]], bank[rest[j]]) and bank[rest[-1]] != bank[rest[0]]:
+                    acc = np.concatenate([rest[:j], [first], rest[j:]])
+                    break
         return self._chain(np.append(acc, acc[0]), dwell=(0.5, 14), fee=(0.005, 0.03))
 
     def random_chain(self) -> _Instance:
         k = int(self.rng.integers(5, 11))
-        return self._chain(self.accounts(k, 3), dwell=(0.25, 10), fee=(0.001, 0.02))
+        return self._chain(self.accounts(k, 3, role="pass"), dwell=(0.25, 10), fee=(0.001, 0.02))
 
     def scatter_gather(self) -> _Instance:
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(3, 9))
-        acc = self.accounts(k + 2, 3)
-        src, mids, dst = acc[0], acc[1:-1], acc[-1]
+        mids = self.accounts(k, 3, role="pass")
+        src = self.center(mids, role="send")
+        dst = self.center(np.append(mids, src), role="recv")
         for m, a in zip(mids, self.split(self.amount() * k / 3, k)):
             t1 = self.hours(0, 24)
             inst.pay(src, m, t1, a, self.fmt())
-            inst.pay(m, dst, t1 + self.hours(1, 30), a * (1 - self.fee()), self.fmt())
+            inst.pay(m, dst, t1 + self.hours(0.5, 12), a * (1 - self.fee()), self.fmt())
         return inst
 
     def gather_scatter(self) -> _Instance:
         rng, inst = self.rng, _Instance()
         k, m = int(rng.integers(3, 9)), int(rng.integers(3, 9))
-        acc = self.accounts(k + m, 3)
-        srcs, dsts = acc[:k], acc[k:]
-        hub = self.center(acc)
+        srcs = self.accounts(k, 3, role="send")
+        dsts = self.accounts(m, 3, role=self.mule("recv"))
+        dsts = dsts[~np.isin(dsts, srcs)]
+        acc = np.concatenate([srcs, dsts])
+        hub = self.center(acc, role="pass")
         total = self.amount() * k / 3
         in_times = rng.uniform(0, self.hours(4, 36), k)
         for s, t, a in zip(srcs, in_times, self.split(total, k)):
             inst.pay(s, hub, t, a, self.fmt())
         start_out = in_times.max() + self.hours(1, 24)
         out_times = start_out + np.sort(rng.uniform(0, self.hours(2, 24), m))
-        for d, t, a in zip(dsts, out_times, self.split(total * (1 - self.fee()), m)):
+        out_amounts = self.split(total * (1 - self.fee()), m)
+        for d, t, a in zip(dsts, out_times, out_amounts):
             inst.pay(hub, d, t, a, self.fmt())
+        if not self.legit:  # the receivers are mules too: they pass it on
+            self.forward_on(inst, dsts, out_times, out_amounts)
         return inst
 
     def bipartite(self) -> _Instance:
         rng, inst = self.rng, _Instance()
         na, nb = int(rng.integers(2, 6)), int(rng.integers(2, 6))
-        acc = self.accounts(na + nb, 3)
-        left, right = acc[:na], acc[na:]
+        left = self.accounts(na, 3, role="send")
+        right = self.accounts(nb, 3, role="recv")
+        right = right[~np.isin(right, left)]
+        nb = len(right)
         link = rng.random((na, nb)) < 0.7
         link[np.arange(na), rng.integers(0, nb, na)] = True    # every payer pays someone
         link[rng.integers(0, na, nb), np.arange(nb)] = True    # every payee is paid
         per_edge = self.amount() / 3  # legs the size of a fan's
-        window = self.hours(12, 72)
+        window = self.hours(12, 36)
         for i, j in zip(*np.nonzero(link)):
             inst.pay(left[i], right[j], rng.uniform(0, window), per_edge * rng.uniform(0.8, 1.2), self.fmt())
         return inst
@@ -574,8 +712,9 @@ class _Launderer:
         """Layered bipartite: layer 1 pays layer 2, which forwards to layer 3."""
         rng, inst = self.rng, _Instance()
         sizes = rng.integers(2, 4, size=3)
-        acc = self.accounts(int(sizes.sum()), 3)
-        layers = np.split(acc, np.cumsum(sizes)[:-1])
+        layers = [self.accounts(int(n), 3, role=r) for n, r in zip(sizes, ("send", "pass", "recv"))]
+        layers[1] = layers[1][~np.isin(layers[1], layers[0])]
+        layers[2] = layers[2][~np.isin(layers[2], np.concatenate(layers[:2]))]
         received = dict.fromkeys(layers[1].tolist(), 0.0)
         last_in = dict.fromkeys(layers[1].tolist(), 0.0)
         per_edge = self.amount() / 3
@@ -596,26 +735,33 @@ class _Launderer:
         """Many payments just under the 10,000 USD reporting threshold, across several banks."""
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(6, 16))
-        others = self.accounts(k, 3, pool=self.usd_accounts)
-        party = self.center(others)
+        inbound = rng.random() < 0.6  # smurfs pay in to one party, or one party pays out
+        others = self.accounts(k, 3, pool=self.usd_accounts,
+                               role=self.mule("send" if inbound else "recv"))
+        party = self.center(others, role="recv" if inbound else "send")
+        k = len(others)
         window = self.hours(24, 96)
         fmts = _pick_formats(rng, len(others), _LAUNDER_FORMATS)
-        inbound = rng.random() < 0.6  # smurfs pay in to one party, or one party pays out
         payer_usd = self.pop.currency[party] == _CUR["USD"]
-        for o, f in zip(others, fmts):
-            t, a = rng.uniform(0, window), rng.uniform(8_500, 9_990)
-            if inbound or not payer_usd:
+        inbound = inbound or not payer_usd
+        times, amounts = rng.uniform(0, window, k), rng.uniform(8_500, 9_990, k)
+        for o, f, t, a in zip(others, fmts, times, amounts):
+            if inbound:
                 inst.pay(o, party, t, a, f)
             else:
                 inst.pay(party, o, t, a, f)
+        if not self.legit:  # smurfs are handed the cash just before / pass it on just after
+            (self.fund_before if inbound else self.forward_on)(inst, others, times, amounts)
         return inst
 
     def pass_through(self) -> _Instance:
         """A mule receives money and forwards 80-95 % of it within hours."""
         rng, inst = self.rng, _Instance()
         n_in, n_out = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        acc = self.accounts(2 + n_in + n_out, 3)
-        placer, mule, srcs, dsts = acc[0], acc[1], acc[2:n_in + 2], acc[n_in + 2:]
+        acc = self.accounts(1 + n_in, 3, role="pass")
+        mule, srcs = acc[0], acc[1:]
+        placer = self.center(acc, role="send")
+        dsts = self.fresh(n_out, np.append(acc, placer), role="recv")
         total = self.amount()
         in_times = rng.uniform(0, self.hours(1, 12), n_in) + self.hours(2, 10)
         for s, t, a in zip(srcs, in_times, self.split(total, n_in)):
@@ -634,15 +780,18 @@ class _Launderer:
         rng, inst = self.rng, _Instance()
         k = int(rng.integers(5, 14))
         front = self.companies(1)[0]
-        acc = self.accounts(k + 1, 3)
-        acc = acc[acc != front]
-        funder, payees = acc[0], acc[1:]
+        funder = self.center([front], role="send", abroad_share=0.3)
+        payees = self.accounts(k, 3, role=self.mule("recv"))
+        payees = payees[(payees != front) & (payees != funder)]
         salary = rng.uniform(3_000, 9_000)
         amounts = salary * rng.uniform(0.95, 1.05, len(payees))
         inst.pay(funder, front, self.hours(0, 12), amounts.sum() / rng.uniform(0.90, 0.97), WIRE)
         pay_at = DAY + rng.integers(7, 11) * HOUR  # next morning, payroll-style batch
-        for p, a in zip(payees, amounts):
-            inst.pay(front, p, pay_at + rng.uniform(0, 900), a, ACH)
+        times = pay_at + rng.uniform(0, 900, len(payees))
+        for p, t, a in zip(payees, times, amounts):
+            inst.pay(front, p, t, a, ACH)
+        if not self.legit:  # the "employees" are mules: the pay moves on within hours
+            self.forward_on(inst, payees, times, amounts)
         return inst
 
     def disguised_supplier(self) -> _Instance:
@@ -666,9 +815,64 @@ class _Launderer:
         return inst
 
 
+# Ordinary twins per laundering instance (`_decoys`): enough that, inside one bank, the
+# ordinary version of every shape a bank can see outnumbers the laundering one several times.
+DECOYS_PER_INSTANCE = 6
+# Shapes whose whole star one bank can see (the centre's bank): their ordinary twin is the very
+# same shape without the laundering continuation. Layered shapes (bipartite, stack,
+# scatter-gather) show each bank a small star; chains and cycles a forwarder (`_lookalikes`).
+_TWINNED = ("fan_out", "fan_in", "gather_scatter", "structuring", "disguised_payroll")
+_SMALL_STAR_VIEWS = ("bipartite", "stack", "scatter_gather")
+
+
+def _place(rng, t: np.ndarray, span_limit: int, office_hours: bool) -> np.ndarray:
+    """Place an instance (times relative to its start) inside the data range."""
+    t = t - min(t.min(), 0.0)  # a hop "just before" the start may sit at negative times
+    span = int(t.max()) + 1
+    if span >= span_limit:  # compress it if the range is short
+        t = t * (span_limit - 1) / span
+        span = span_limit
+    # Start at a day's midnight (the disguised kinds carry office hours of their own)
+    # or at an ordinary-looking time of day.
+    t0 = rng.integers(0, span_limit - span + 1)
+    t0 -= t0 % DAY
+    if not office_hours:
+        t0 = min(t0 + int(_daytime(rng, 1)[0]), span_limit - span)
+    t = t0 + t.astype(np.int64)
+    if not office_hours and rng.random() < 0.9:
+        # Most people act in the day: squeeze each hop's time of day into 06:00-24:00
+        # (monotone, so the hop order is kept).
+        t = t - t % DAY + 6 * HOUR + (t % DAY) * 3 // 4
+    return t
+
+
+def _decoys(launderer: "_Launderer", name: str, span_limit: int, out: _Edges) -> None:
+    """Ordinary twins of what one bank sees of a `name` instance, built by the same code with
+    ordinary participants and without the cross-bank continuation (label 0): a firm paying a
+    one-off batch of contractors after a client paid it, a wedding or renovation paid to many
+    new payees, a landlord or a small shop collecting from several, an escrow agent collecting
+    deposits and paying them out, several buyers' deposits just under 10,000 to a dealer."""
+    if name in _TWINNED:
+        make = getattr(launderer, name)
+    elif name in _SMALL_STAR_VIEWS:
+        make = launderer.small_star
+    else:
+        return
+    launderer.legit = True
+    try:
+        for _ in range(DECOYS_PER_INSTANCE):
+            inst = make()
+            src, dst, t, usd, fmt = (np.array(c) for c in zip(*inst.edges))
+            t = _place(launderer.rng, t, span_limit, name in DISGUISED)
+            out.add(src, dst, t, usd, fmt)
+    finally:
+        launderer.legit = False
+
+
 def _laundering(rng, pop: _Population, days: int, budget: int, out: _Edges) -> list[str]:
     """Add laundering instances round-robin over PATTERNS until the budget is spent and every
-    pattern has at least MIN_INSTANCES_PER_PATTERN instances. Returns each instance's name."""
+    pattern has at least MIN_INSTANCES_PER_PATTERN instances, each with its ordinary twins.
+    Returns each instance's name."""
     launderer = _Launderer(rng, pop)
     names: list[str] = []
     n_txns = 0
@@ -677,24 +881,13 @@ def _laundering(rng, pop: _Population, days: int, budget: int, out: _Edges) -> l
         for name in PATTERNS:
             inst = getattr(launderer, name)()
             src, dst, t, usd, fmt = (np.array(c) for c in zip(*inst.edges))
-            # Place the instance inside the data range (compress it if the range is short).
-            span = int(t.max()) + 1
-            if span >= span_limit:
-                t = t * (span_limit - 1) / span
-                span = span_limit
-            # Start at a day's midnight (the disguised kinds carry office hours of their own)
-            # or at an ordinary-looking time of day.
-            t0 = rng.integers(0, span_limit - span + 1)
-            t0 -= t0 % DAY
-            if name not in DISGUISED:
-                t0 = min(t0 + int(_daytime(rng, 1)[0]), span_limit - span)
-            t = t0 + t.astype(np.int64)
-            if name not in DISGUISED and rng.random() < 0.9:
-                # Most launderers act in the day like everyone else: squeeze each hop's time of
-                # day into 06:00-24:00 (monotone, so the hop order is kept).
-                t = t - t % DAY + 6 * HOUR + (t % DAY) * 3 // 4
+            t = _place(rng, t, span_limit, name in DISGUISED)
             out.add(src, dst, t, usd, fmt, instance=len(names))
             names.append(name)
+            # Twins come with the laundering budget, not with the per-pattern minimum that
+            # tops up tiny data sets (there they would swamp the ordinary traffic).
+            if n_txns < budget:
+                _decoys(launderer, name, span_limit, out)
             n_txns += len(src)
     return names
 

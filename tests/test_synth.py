@@ -83,7 +83,7 @@ def test_labels_match_the_pattern_table(small):
     assert (df.loc[~in_pattern, "label"] == 0).all()
     assert pat["txn_id"].is_unique  # each laundering txn belongs to exactly one instance
     share = df["label"].mean()
-    assert 0.003 < share < 0.03
+    assert 0.003 < share < 0.05  # the per-pattern minimum dominates on tiny sets
 
 
 def test_ids_amounts_and_time_range(small):
@@ -143,11 +143,27 @@ def _instances(laundering, name):
         yield g.sort_values("timestamp").assign(usd=lambda g: _usd(g["amount"], g["currency"]))
 
 
+def _star(g, side):
+    """(centre, the star's rows, the other rows) of a star-shaped instance."""
+    centre = g[f"{side}_account"].value_counts().index[0]
+    at = (g["src_account"] == centre) | (g["dst_account"] == centre)
+    return centre, g[at], g[~at]
+
+
 def test_fan_shapes(laundering):
-    for g in _instances(laundering, "fan_out"):
-        assert g["src_account"].nunique() == 1 and g["dst_account"].nunique() >= 5
-    for g in _instances(laundering, "fan_in"):
-        assert g["dst_account"].nunique() == 1 and g["src_account"].nunique() >= 5
+    """The star, plus the hop only the leaves' banks see: fan-out leaves pass the money on
+    within hours, fan-in payers were handed it just before."""
+    for name, side, leaf in (("fan_out", "src", "dst"), ("fan_in", "dst", "src")):
+        for g in _instances(laundering, name):
+            centre, star, tail = _star(g, side)
+            leaves = set(star[f"{leaf}_account"])
+            assert len(leaves) >= 5 and len(tail) == len(star)
+            assert set(tail[f"{side}_account"]) == leaves
+            for _, hop in tail.iterrows():
+                leg = star[star[f"{leaf}_account"] == hop[f"{side}_account"]].iloc[0]
+                first, then = (leg, hop) if name == "fan_out" else (hop, leg)
+                assert 0.85 < then["usd"] / first["usd"] <= 1.0
+                assert 0 < (then["timestamp"] - first["timestamp"]).total_seconds() <= 16 * 3600
 
 
 def test_cycles_close_in_time_order_and_conserve_amounts(laundering):
@@ -167,11 +183,13 @@ def test_random_chain_is_an_open_nearly_conserved_path(laundering):
 
 def test_structuring_stays_just_under_the_threshold(laundering):
     for g in _instances(laundering, "structuring"):
-        assert g["currency"].eq("USD").all()
-        assert g["amount"].between(8_500, 9_990).all()
-        assert len(g) >= 5
-        assert min(g["src_account"].nunique(), g["dst_account"].nunique()) == 1
-        assert len(set(g["src_bank"]) | set(g["dst_bank"])) >= 3
+        side = "dst" if g["dst_account"].value_counts().iloc[0] >= 5 else "src"
+        _, star, tail = _star(g, side)
+        assert star["currency"].eq("USD").all()
+        assert star["amount"].between(8_500, 9_990).all()
+        assert len(star) >= 5 and len(tail) == len(star)  # each smurf's hop before / after
+        assert min(star["src_account"].nunique(), star["dst_account"].nunique()) == 1
+        assert len(set(star["src_bank"]) | set(star["dst_bank"])) >= 3
 
 
 def test_pass_through_forwards_most_within_hours(laundering):
@@ -183,7 +201,7 @@ def test_pass_through_forwards_most_within_hours(laundering):
         inflow, outflow = g[g["dst_account"] == mule], g[g["src_account"] == mule]
         assert 0.78 <= outflow["usd"].sum() / inflow["usd"].sum() <= 0.96
         dwell = (outflow["timestamp"].min() - inflow["timestamp"].max()).total_seconds()
-        assert 0 <= dwell <= 12 * 3600
+        assert 0 <= dwell <= 16 * 3600  # 0.5-10 h, stretched by the shift into daytime
         # Every payer of the mule was itself funded just before: the hop before is laundering too.
         for _, pay in inflow.iterrows():
             fed = g[(g["dst_account"] == pay["src_account"]) & (g["timestamp"] < pay["timestamp"])]
@@ -199,8 +217,9 @@ def test_patterns_are_laid_across_banks(laundering):
     centres_abroad = []
     for name, side, leaf in (("fan_out", "src", "dst"), ("fan_in", "dst", "src")):
         for g in _instances(laundering, name):
-            assert g[f"{leaf}_bank"].value_counts().iloc[0] <= max(2, len(g) / 2)
-            centres_abroad.append(g[f"{side}_bank"].iloc[0].startswith("X"))
+            _, star, _ = _star(g, side)
+            assert star[f"{leaf}_bank"].value_counts().iloc[0] <= max(2, len(star) / 2)
+            centres_abroad.append(star[f"{side}_bank"].iloc[0].startswith("X"))
     assert 0.0 < np.mean(centres_abroad) <= 0.8
 
 

@@ -89,8 +89,17 @@ def test_detectors_are_sklearn_estimators(config):
 def test_fan_out_found(config):
     b = Book()
     rows = [b.pay("A0000001", f"A00001{k:02d}", 1 + 1.5 * k, 6000 + 10 * k) for k in range(8)]
+    for k in range(8):  # the payees are mules: each passes the money on within hours
+        b.pay(f"A00001{k:02d}", f"A00009{k:02d}", 2 + 1.5 * k, (6000 + 10 * k) * 0.98)
     inst = assert_found("fan_out", b, config, rows)
     assert inst.evidence["counterparties"] == 8
+
+
+def test_fan_out_quiet_on_ordinary_star(config):
+    b = Book()  # a renovation paid to eight firms: the money stops with its payees
+    for k in range(8):
+        b.pay("A0000001", f"A00001{k:02d}", 1 + 1.5 * k, 6000 + 10 * k)
+    assert_quiet("fan_out", b, config)
 
 
 def test_fan_out_quiet_on_monthly_payroll(config):
@@ -105,6 +114,8 @@ def test_fan_out_quiet_on_monthly_payroll(config):
 def test_fan_in_found(config):
     b = Book()
     rows = [b.pay(f"A00003{k:02d}", "A0000002", 2 + 2 * k, 3000 + 50 * k) for k in range(7)]
+    for k in range(7):  # each payer was handed the money just before
+        b.pay(f"A00008{k:02d}", f"A00003{k:02d}", 1 + 2 * k, (3000 + 50 * k) / 0.97)
     assert_found("fan_in", b, config, rows)
 
 
@@ -140,6 +151,8 @@ def test_gather_scatter_found(config):
     b = Book()
     rows = [b.pay(f"A00006{k:02d}", "A0000020", 1 + k, 8000) for k in range(4)]
     rows += [b.pay("A0000020", f"A00007{k:02d}", 12 + k, 7700) for k in range(4)]
+    for k in range(4):  # the receivers pass it on
+        b.pay(f"A00007{k:02d}", f"A00009{k:02d}", 14 + k, 7600)
     assert_found("gather_scatter", b, config, rows)
 
 
@@ -267,6 +280,8 @@ def test_structuring_found_across_banks(config):
     b = Book()
     rows = [b.pay(f"A00016{k:02d}", "A0000160", 3 * k, 9200 + 100 * k, fmt="Cash")
             for k in range(7)]
+    for k in range(7):  # each smurf was handed the cash just before
+        b.pay(f"A00019{k:02d}", f"A00016{k:02d}", 3 * k - 1, (9200 + 100 * k) / 0.97)
     inst = assert_found("structuring", b, config, rows)
     assert inst.evidence["institutions"] >= 2 and inst.evidence["direction"] == "in"
 

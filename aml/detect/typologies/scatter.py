@@ -10,6 +10,7 @@ from aml.detect.typologies.base import (
     HOUR, PatternInstance, TypologyDetector, neighbours_within, share, star_groups,
     window_buckets,
 )
+from aml.detect.typologies.fan import HopLinks
 
 
 class ScatterGatherDetector(TypologyDetector):
@@ -96,7 +97,12 @@ class GatherScatterDetector(TypologyDetector):
 
     def __init__(self, window_hours=72, min_sources=3, min_destinations=3, max_degree=60,
                  min_edge_amount=500.0, min_conservation=0.5, max_conservation=1.1,
-                 min_new_counterparty_share=0.5, min_score=0.5, enabled=True):
+                 min_new_counterparty_share=0.5, min_linked_share=0.6, link_dwell_hours=24,
+                 min_link_ratio=0.85, max_link_ratio=1.0, min_score=0.5, enabled=True):
+        self.min_linked_share = min_linked_share
+        self.link_dwell_hours = link_dwell_hours
+        self.min_link_ratio = min_link_ratio
+        self.max_link_ratio = max_link_ratio
         self.min_new_counterparty_share = min_new_counterparty_share
         self.window_hours = window_hours
         self.min_sources = min_sources
@@ -116,6 +122,8 @@ class GatherScatterDetector(TypologyDetector):
         # suppliers repeat, a laundering hub's counterparties are new.
         sig = (graph.amount >= self.min_edge_amount) & ~graph.is_hub[graph.dst] \
             & graph.pair_first
+        links = HopLinks(graph, int(self.link_dwell_hours * HOUR), self.min_link_ratio,
+                         self.max_link_ratio, self.min_edge_amount)
         out = []
         for e_in in star_groups(graph, graph.dst, graph.src, sig, w, self.min_sources,
                                 self.max_degree):
@@ -143,10 +151,20 @@ class GatherScatterDetector(TypologyDetector):
             new_share = share(graph.pair_first[edges])
             if new_share < self.min_new_counterparty_share:
                 continue  # a business trading with its regular customers and suppliers
-            score = 0.5 + 0.2 * after + 0.3 * (0.8 <= ratio <= 1.02)
+            # Cross-bank evidence: the receivers pass the money on, or the payers were handed
+            # it just before (an escrow agent's or event organiser's counterparties do not).
+            has_on, onward = links.onward(e_out)
+            has_in, funding = links.funding(e_in)
+            linked_share = max(HopLinks.linked_share(has_on, graph.dst[e_out]),
+                               HopLinks.linked_share(has_in, graph.src[e_in]))
+            if linked_share < self.min_linked_share:
+                continue
+            edges = np.concatenate([edges, onward, funding])
+            score = 0.4 + 0.2 * after + 0.3 * (0.8 <= ratio <= 1.02) + 0.1 * linked_share
             if score >= self.min_score:
                 out.append(self._instance(
                     edges, score, center=hub, hops=2, sources=int(len(np.unique(graph.src[e_in]))),
                     destinations=int(len(np.unique(graph.dst[e_out]))), conservation=ratio,
-                    amount=float(inflow), new_counterparty_share=new_share))
+                    amount=float(inflow), new_counterparty_share=new_share,
+                    linked_share=linked_share))
         return out

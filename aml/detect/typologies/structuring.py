@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from aml.detect.typologies.base import HOUR, PatternInstance, TypologyDetector, star_groups
+from aml.detect.typologies.fan import HopLinks
 
 
 class StructuringDetector(TypologyDetector):
@@ -22,7 +23,12 @@ class StructuringDetector(TypologyDetector):
 
     def __init__(self, threshold=10000.0, band=0.2, window_hours=168, min_count=5,
                  min_institutions=2, max_degree=100, min_sizeable=1000.0, min_band_share=0.5,
-                 min_score=0.5, enabled=True):
+                 min_linked_share=0.6, link_dwell_hours=24, min_link_ratio=0.85,
+                 max_link_ratio=1.0, min_score=0.5, enabled=True):
+        self.min_linked_share = min_linked_share
+        self.link_dwell_hours = link_dwell_hours
+        self.min_link_ratio = min_link_ratio
+        self.max_link_ratio = max_link_ratio
         self.min_sizeable = min_sizeable
         self.min_band_share = min_band_share
         self.threshold = threshold
@@ -40,6 +46,8 @@ class StructuringDetector(TypologyDetector):
         w = int(self.window_hours * HOUR)
         lo = self.threshold * (1 - self.band)
         in_band = (graph.amount >= lo) & (graph.amount < self.threshold)
+        links = HopLinks(graph, int(self.link_dwell_hours * HOUR), self.min_link_ratio,
+                         self.max_link_ratio, lo * self.min_link_ratio)
         out = []
         for direction, center, leaf in (("in", graph.dst, graph.src),
                                         ("out", graph.src, graph.dst)):
@@ -58,13 +66,24 @@ class StructuringDetector(TypologyDetector):
                 band_share = len(e) / max(len(sizeable), len(e))
                 if band_share < self.min_band_share:
                     continue
+                # Cross-bank evidence: the smurfs were handed the money just before (paying
+                # in) or pass it on just after (paid out); buyers paying a dealer deposits
+                # from their own savings were not.
+                has, linked = links.funding(e) if direction == "in" else links.onward(e)
+                linked_share = HopLinks.linked_share(has, leaf[e])
+                if linked_share < self.min_linked_share:
+                    continue
+                e = np.concatenate([e, linked])
                 # How tightly the amounts bunch under the threshold (0: spread over the band).
-                closeness = float(np.mean((graph.amount[e] - lo) / (self.threshold - lo)))
-                count = len(np.unique(leaf[e]))
+                core = e[: len(e) - len(linked)]
+                closeness = float(np.mean((graph.amount[core] - lo) / (self.threshold - lo)))
+                count = len(np.unique(leaf[core]))
                 score = 0.5 + 0.2 * min(1.0, count / (2 * self.min_count)) \
                     + 0.15 * min(1.0, (len(banks) - 1) / 3) + 0.15 * closeness
                 if score >= self.min_score:
                     out.append(self._instance(e, score, center=node, direction=direction,
                                               hops=1, count=count, threshold=self.threshold,
-                                              institutions=len(banks), band_share=band_share))
+                                              institutions=len(banks), band_share=band_share,
+                                              linked_share=linked_share,
+                                              amount=float(graph.amount[core].sum())))
         return out
