@@ -1,6 +1,7 @@
 """The fast paths of detection give exactly what the plain ones give.
 
-Cycle enumeration reproduces networkx.simple_cycles (same cycles, order and start nodes);
+Cycle enumeration reproduces networkx.simple_cycles (same cycles, order and start nodes), and
+the search for large components finds the same cycles;
 `FeatureTable` rows equal `transaction_features`; the pooled model trained from a
 `FeatureTable` equals the one trained from the float64 matrix; the graph's compact columns
 read back as the input.
@@ -18,7 +19,7 @@ from aml.detect.config import DetectionConfig
 from aml.detect.features import FEATURE_NAMES, FeatureTable, transaction_features
 from aml.detect.graph import TransactionGraph
 from aml.detect.model import PooledModel
-from aml.detect.typologies.cycle import simple_cycles
+from aml.detect.typologies.cycle import removal_order_cycles, simple_cycles
 
 
 class _Everything:
@@ -59,6 +60,22 @@ def test_linked_search_keeps_order_and_drops_only_unlinkable_cycles():
         expected = [c for c in nx.simple_cycles(nx.DiGraph(pairs), length_bound=bound)
                     if at_most_one_break(c)]
         assert list(simple_cycles(pairs, bound, linked)) == expected
+
+
+def test_removal_order_search_finds_the_same_cycles():
+    rng = random.Random(9)
+
+    def rotated(cyc):  # the same cycle from its smallest node
+        i = cyc.index(min(cyc))
+        return tuple(cyc[i:] + cyc[:i])
+
+    for _ in range(150):
+        pairs = _random_pairs(rng)
+        bound = rng.randint(3, 8)
+        linked = {(a, b, c) for a, b in pairs for b2, c in pairs if b2 == b and rng.random() < 0.5}
+        expected = sorted(rotated(c) for c in simple_cycles(pairs, bound, linked))
+        found = [rotated(c) for c in removal_order_cycles(pairs, bound, linked)]
+        assert sorted(found) == expected and len(set(found)) == len(found)
 
 
 @pytest.fixture(scope="module")

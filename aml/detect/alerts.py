@@ -92,7 +92,8 @@ def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, named: 
     src, dst = graph.src[edges], graph.dst[edges]
     if nodes is None:  # the instance's accounts, sorted
         nodes = np.unique(np.concatenate([src, dst])).tolist()
-    duration = format_duration(float(graph.t[edges].max() - graph.t[edges].min()))
+    t = graph.t[edges]
+    duration = format_duration(float(t.max() - t.min()))
     amt = format_amount(amount, currency)
     center = ev.get("center")
     sink = ev.get("sink")
@@ -157,7 +158,7 @@ def _explain(graph, inst: PatternInstance, edges: np.ndarray, bank: str, named: 
     if foreign:
         names = [name.placeholder(n) for n in foreign[:max_placeholders]]
         more = "…" if len(foreign) > max_placeholders else ""
-        where = ("are at other banks" if (graph.node_bank[foreign] != bank).all()
+        where = ("are at other banks" if bank not in set(graph.node_bank[foreign].tolist())
                  else "are anonymised")
         tail.append(f"{len(foreign)} of the accounts {where} (shown as {', '.join(names)}{more})")
     return core + ("; " + "; ".join(tail) if tail else "") + "."
@@ -189,24 +190,29 @@ def cut_alerts(graph, instances: list[PatternInstance], banks: list[str], *,
         id_prefix = _id_prefix(inst.pattern, txn.tolist())
         src, dst = graph.src[e], graph.dst[e]
         src_code, dst_code = bank_code[src], bank_code[dst]
-        nodes = np.unique(np.concatenate([src, dst])).tolist()
-        pattern_banks = {graph.node_bank[n] for n in nodes}
+        nodes_arr = np.unique(np.concatenate([src, dst]))
+        nodes = nodes_arr.tolist()
+        pattern_banks = set(graph.node_bank[nodes_arr].tolist())
         score = float(np.clip(inst.score, 0.0, 1.0))
         amount = float(inst.evidence.get("amount", graph.amount[e].sum()))
         hops = int(inst.evidence.get("hops", 1))
-        start = int(graph.t[e].min())
-        end = int(graph.t[e].max())
+        t = graph.t[e]
+        start = int(t.min())
+        end = int(t.max())
+        # Bank code of the payer's / payee's bank where that bank submitted the payment, else
+        # -1: a bank's own payments are those where its code appears on either side.
+        src_own = np.where(graph.src_submitted[e], src_code, -1)
+        dst_own = np.where(graph.dst_submitted[e], dst_code, -1)
+        own_codes = set(src_own.tolist()) | set(dst_own.tolist())
         for bank in sorted(pattern_banks & member):
             code = code_of[bank]
+            if code not in own_codes:
+                continue
             # Payments bank submitted itself, as payer's or payee's bank.
-            own = ((src_code == code) & graph.src_submitted[e]) \
-                | ((dst_code == code) & graph.dst_submitted[e])
-            if not own.any():
-                continue
-            own_nodes = set(src[own].tolist()) | set(dst[own].tolist())
-            named = {n for n in own_nodes if bank_code[n] == code}
-            if not named:
-                continue
+            own = (src_own == code) | (dst_own == code)
+            # Its own accounts on those payments (at least the side it submitted for).
+            named = set(src[own & (src_code == code)].tolist()) \
+                | set(dst[own & (dst_code == code)].tolist())
             accounts = sorted({str(graph.node_account[n]) for n in named})
             aid = _alert_id_for(id_prefix, bank)
             if aid in emitted:

@@ -67,44 +67,51 @@ class _SortedSet:
     `order` is the graph's CSR order for that endpoint (by node, then time: the same as a
     stable sort of the key). A set's sorted keys are also the sorted query keys for its
     endpoint, so every search runs with sorted needles (several times faster than in edge
-    order) and the answers are scattered back to edge order."""
+    order) and the answers are scattered back to edge order. With `need` (bool per edge),
+    only those edges are queried; the others' answers are left 0 / -1."""
 
     def __init__(self, node: np.ndarray, t: np.ndarray, amount: np.ndarray, order: np.ndarray,
-                 t0: int):
+                 t0: int, need: np.ndarray | None = None):
         self.order = order
         self.key = _node_time_key(node[order], t[order], t0)
         self.csum = np.concatenate([[0.0], np.cumsum(amount[order])])
+        # As queries, only the edges whose features are needed (still in key order).
+        if need is None:
+            self.q_order, self.q_key = order, self.key
+        else:
+            sel = need[order]
+            self.q_order, self.q_key = order[sel], self.key[sel]
 
     def window(self, q: "_SortedSet", width: int):
         """(count, amount sum) of this set's edges of each query edge's node within its
         [t - width, t + width]; the query edges are all edges keyed as `q` keys them."""
         # key - width never borrows from the node bits: t0 lies more than a week before t.
-        lo = np.searchsorted(self.key, q.key - width, "left")
-        hi = np.searchsorted(self.key, q.key + width, "right")
-        count = np.empty(len(lo), dtype=np.int32)
-        total = np.empty(len(lo), dtype=np.float64)
-        count[q.order] = hi - lo
-        total[q.order] = self.csum[hi] - self.csum[lo]
+        lo = np.searchsorted(self.key, q.q_key - width, "left")
+        hi = np.searchsorted(self.key, q.q_key + width, "right")
+        count = np.zeros(len(q.order), dtype=np.int32)
+        total = np.zeros(len(q.order), dtype=np.float64)
+        count[q.q_order] = hi - lo
+        total[q.q_order] = self.csum[hi] - self.csum[lo]
         return count, total
 
     def last_before(self, q: "_SortedSet"):
         """Index of the query node's last edge of this set strictly before t, or -1."""
-        pos = np.searchsorted(self.key, q.key, "left") - 1
+        pos = np.searchsorted(self.key, q.q_key, "left") - 1
         ok = pos >= 0
         pos_c = np.where(ok, pos, 0)
-        ok &= (self.key[pos_c] >> 32) == (q.key >> 32)
-        out = np.empty(len(pos), dtype=np.int64)
-        out[q.order] = np.where(ok, self.order[pos_c], -1)
+        ok &= (self.key[pos_c] >> 32) == (q.q_key >> 32)
+        out = np.full(len(q.order), -1, dtype=np.int64)
+        out[q.q_order] = np.where(ok, self.order[pos_c], -1)
         return out
 
     def first_after(self, q: "_SortedSet"):
         """Index of the query node's first edge of this set strictly after t, or -1."""
-        pos = np.searchsorted(self.key, q.key, "right")
+        pos = np.searchsorted(self.key, q.q_key, "right")
         ok = pos < len(self.key)
         pos_c = np.where(ok, pos, 0)
-        ok &= (self.key[pos_c] >> 32) == (q.key >> 32)
-        out = np.empty(len(pos), dtype=np.int64)
-        out[q.order] = np.where(ok, self.order[pos_c], -1)
+        ok &= (self.key[pos_c] >> 32) == (q.q_key >> 32)
+        out = np.full(len(q.order), -1, dtype=np.int64)
+        out[q.q_order] = np.where(ok, self.order[pos_c], -1)
         return out
 
 
@@ -114,11 +121,26 @@ def _unique(x: np.ndarray) -> np.ndarray:
     return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
 
 
-def _distinct_per_group(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+def _group_codes(group: np.ndarray, order: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+    """(number of groups, dense code of each row's group in sorted order) — np.unique's
+    inverse. `order`: a permutation along which `group` is already non-decreasing (a CSR
+    order of the graph), which spares the argsort."""
+    if order is not None:
+        sorted_group = group[order]
+        if len(group) and (sorted_group[1:] >= sorted_group[:-1]).all():
+            code = np.empty(len(group), dtype=np.int64)
+            code[order] = np.concatenate([[0], np.cumsum(sorted_group[1:] != sorted_group[:-1])])
+            return int(code[order[-1]]) + 1, code
+    codes, inverse = np.unique(group, return_inverse=True)
+    return len(codes), inverse
+
+
+def _distinct_per_group(group: np.ndarray, value: np.ndarray,
+                        order: np.ndarray | None = None) -> np.ndarray:
     """For each row: how many distinct `value`s its `group` has (a group-by nunique)."""
-    g_codes, g = np.unique(group, return_inverse=True)
+    n_groups, g = _group_codes(group, order)
     pairs = _unique(g.astype(np.int64) * (int(value.max()) + 1) + value)
-    counts = np.bincount(pairs // (int(value.max()) + 1), minlength=len(g_codes))
+    counts = np.bincount(pairs // (int(value.max()) + 1), minlength=n_groups)
     return counts[g].astype(np.int32)
 
 
@@ -127,6 +149,9 @@ def _group_size(*keys: np.ndarray) -> np.ndarray:
     key = np.zeros(len(keys[0]), dtype=np.int64)
     for k in keys:
         key = key * (int(k.max()) + 1) + k
+    if int(key.max()) < 4 * len(key) + 1024:
+        # Few possible keys (accounts x currencies, say): count them directly, no sort.
+        return np.bincount(key)[key].astype(np.int32)
     _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     return counts[inverse].astype(np.int32)
 
@@ -159,12 +184,15 @@ class FeatureTable:
     `transaction_features` computes them.
 
     `instances` are typology `PatternInstance`s for the pattern_* columns (their ``edge_idx``
-    index the graph's edges); without them those columns are zero.
+    index the graph's edges); without them those columns are zero. `rows` (bool per edge,
+    optional): the only edges whose rows will be asked for. Windows still count every edge,
+    but the per-edge look-ups run for those edges only; asking for another row is an error.
     """
 
-    def __init__(self, graph, instances=None):
+    def __init__(self, graph, instances=None, rows=None):
         n = len(graph)
         self.n_rows = n
+        self._need = None if rows is None else np.asarray(rows, dtype=bool)
         self.columns = list(FEATURE_NAMES)
         self._t = np.asarray(graph.t, dtype=np.int64)
         self._src = np.asarray(graph.src, dtype=np.int64)
@@ -187,8 +215,9 @@ class FeatureTable:
             node_feats[f"{side}_median"] = per_node
 
         # Windowed degree and volume of both ends, out- and in-side.
-        by_src = _SortedSet(src, t, amount, np.asarray(graph.out_idx, dtype=np.int64), t0)
-        by_dst = _SortedSet(dst, t, amount, np.asarray(graph.in_idx, dtype=np.int64), t0)
+        need = self._need
+        by_src = _SortedSet(src, t, amount, np.asarray(graph.out_idx, dtype=np.int64), t0, need)
+        by_dst = _SortedSet(dst, t, amount, np.asarray(graph.in_idx, dtype=np.int64), t0, need)
         in_sum_1d = None
         for w, width in WINDOWS.items():
             rows[f"src_out_deg_{w}"], out_sum = by_src.window(by_src, width)
@@ -205,8 +234,11 @@ class FeatureTable:
         for w, size in (("1d", DAY), ("7d", WEEK)):
             bucket = t // size - t.min() // size
             n_buckets = int(bucket.max()) + 1
-            rows[f"src_fan_out_{w}"] = _distinct_per_group(src * n_buckets + bucket, dst)
-            rows[f"dst_fan_in_{w}"] = _distinct_per_group(dst * n_buckets + bucket, src)
+            # Edges are in time order, so (node, bucket) is sorted in the node's CSR order.
+            rows[f"src_fan_out_{w}"] = _distinct_per_group(src * n_buckets + bucket, dst,
+                                                           by_src.order)
+            rows[f"dst_fan_in_{w}"] = _distinct_per_group(dst * n_buckets + bucket, src,
+                                                          by_dst.order)
         pair = (src << 32) | dst
         pairs, pair_inverse, pair_counts = np.unique(pair, return_inverse=True,
                                                      return_counts=True)
@@ -272,6 +304,8 @@ class FeatureTable:
         out = np.empty((len(idx), len(self.columns)), dtype=np.float64, order="F")
         if len(idx) == 0:
             return out
+        if self._need is not None and not self._need[idx].all():
+            raise ValueError("feature rows requested that the table was not built for")
         cache: dict[str, np.ndarray] = {}
         for j, name in enumerate(self.columns):
             out[:, j] = self._column(name, idx, cache)

@@ -31,6 +31,7 @@ class DetectionResult:
     model_hash: str
     config_hash: str
     graph: TransactionGraph | None = field(default=None, repr=False)
+    # Model score per edge: new edges only, NaN for history edges (never scored).
     edge_scores: np.ndarray | None = field(default=None, repr=False)
     _alerts: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
@@ -70,7 +71,8 @@ def _score_with_model(graph, instances, config):
     score = getattr(model, "score_transactions", None)
     if score is None:
         return None, NO_MODEL
-    scores, model_hash = score(graph, instances, config)
+    # Only new edges are scored (model alerts need a new payment); history edges get NaN.
+    scores, model_hash = score(graph, instances, config, rows=graph.is_new)
     return np.asarray(scores, dtype=np.float64), str(model_hash)
 
 

@@ -138,6 +138,24 @@ def simple_cycles(pairs, length_bound: int, linked: set | None = None):
         components.extend(_tarjan_sets(nodes, eu, ev, inside, label_of))
 
 
+def removal_order_cycles(pairs, length_bound: int, linked: set):
+    """The cycles `simple_cycles(pairs, length_bound, linked)` yields, in another order: from
+    each node in turn (ascending), the linked search through it among the nodes not yet
+    searched from. Each cycle is found once, from its first node in that order.
+
+    For large strongly connected components: networkx's order needs a fresh component
+    computation after every start node (quadratic in the component); this needs none, and
+    the linked search from one node stays small (at most one unlinked step)."""
+    succ: dict[int, list[int]] = {}
+    for u, v in pairs:
+        succ.setdefault(u, []).append(v)
+        succ.setdefault(v, [])
+    alive = set(succ)
+    for v in sorted(succ):
+        yield from _linked_cycle_search(_Neighbours(succ, alive), v, length_bound, linked)
+        alive.discard(v)
+
+
 class _Neighbours(dict):
     """Successors within a node set, computed on first use (networkx's _NeighborhoodCache)."""
 
@@ -217,9 +235,11 @@ class CycleDetector(TypologyDetector):
     the whole loop fits in window_hours, and every hop carries nearly the first hop's amount.
 
     Candidate finding: per time window, strongly connected components (scipy) of the sizeable
-    payments between non-hub accounts; only components of min_length..max_component_nodes
-    accounts go to `networkx.simple_cycles(length_bound=max_length)`. Friends' pay-backs
-    (A -> B -> A, days apart, different amounts) fail length, dwell and conservation.
+    payments between non-hub accounts; components of min_length..max_component_nodes
+    accounts go to `networkx.simple_cycles(length_bound=max_length)` (its order), larger ones
+    to `removal_order_cycles` (same cycles, no per-node component recomputation). Friends'
+    pay-backs (A -> B -> A, days apart, different amounts) fail length, dwell and
+    conservation.
     """
 
     name = "cycle"
@@ -266,8 +286,7 @@ class CycleDetector(TypologyDetector):
             adj = coo_matrix((np.ones(m), (s_code, d_code)), shape=(n, n)).tocsr()
             n_comp, comp = connected_components(adj, directed=True, connection="strong")
             size = np.bincount(comp, minlength=n_comp)
-            ok = (size[comp[s_code]] >= self.min_length) & (comp[s_code] == comp[d_code]) \
-                & (size[comp[s_code]] <= self.max_component_nodes)
+            ok = (size[comp[s_code]] >= self.min_length) & (comp[s_code] == comp[d_code])
             if not ok.any():
                 continue
             # Components in order of their first payment, each's payments in time order.
@@ -277,20 +296,26 @@ class CycleDetector(TypologyDetector):
             rank[np.argsort(first)] = np.arange(len(first))
             order = np.argsort(rank[inv], kind="stable")
             bounds = np.flatnonzero(np.diff(inv[order])) + 1
-            for group in np.split(e[order], bounds):
-                for inst in self._cycles_in(graph, group, w):
+            large = size[c[order]] > self.max_component_nodes
+            starts = np.concatenate([[0], bounds])
+            for group, big in zip(np.split(e[order], bounds), large[starts]):
+                for inst in self._cycles_in(graph, group, w, bool(big)):
                     key = tuple(inst.edge_idx)
                     if key not in seen:
                         seen.add(key)
                         out.append(inst)
         return out
 
-    def _cycles_in(self, graph, edges: np.ndarray, w: int) -> list[PatternInstance]:
+    def _cycles_in(self, graph, edges: np.ndarray, w: int, large: bool = False
+                   ) -> list[PatternInstance]:
         by_pair: dict[tuple[int, int], list[int]] = {}
         for s, d, e in zip(graph.src[edges].tolist(), graph.dst[edges].tolist(), edges.tolist()):
             by_pair.setdefault((s, d), []).append(e)  # edge order == time order
         by_pair = {k: np.asarray(v, dtype=np.int64) for k, v in by_pair.items()}
-        if self.max_length >= 3:
+        if large and self.max_length >= 3:
+            cycles = removal_order_cycles(list(by_pair), self.max_length,
+                                          self._linked(graph, edges))
+        elif self.max_length >= 3:
             cycles = simple_cycles(list(by_pair), self.max_length, self._linked(graph, edges))
         else:  # no cycle is that short (min_length >= 3), but keep networkx's answer
             cycles = nx.simple_cycles(nx.DiGraph(list(by_pair)), length_bound=self.max_length)

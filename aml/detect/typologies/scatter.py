@@ -52,10 +52,22 @@ class ScatterGatherDetector(TypologyDetector):
         e2 = np.flatnonzero(second)
         if len(e1) == 0 or len(e2) == 0:
             return []
-        a = pd.DataFrame({"e1": e1, "s": graph.src[e1], "m": graph.dst[e1], "t1": graph.t[e1]})
-        b = pd.DataFrame({"e2": e2, "m": graph.src[e2], "d": graph.dst[e2], "t2": graph.t[e2]})
-        j = a.merge(b, on="m")
-        j = j[(j.t2 > j.t1) & (j.t2 - j.t1 <= w) & (j.s != j.d)]
+        # The two-hop join, only of hops that follow within the window: each first hop s -> m
+        # at t1 finds the second hops out of m at t2 in (t1, t1 + w] by searchsorted over the
+        # second hops sorted by (payer, time). Rows come in the order a join on m gives
+        # (first hops in edge order, each's second hops in edge order).
+        t_min = int(graph.t.min())
+        e2 = e2[np.argsort(graph.src[e2], kind="stable")]
+        key = (graph.src[e2].astype(np.int64) << 34) | (graph.t[e2] - t_min)
+        base = (graph.dst[e1].astype(np.int64) << 34) | (graph.t[e1] - t_min)
+        lo = np.searchsorted(key, base + 1, "left")
+        n = np.searchsorted(key, base + w, "right") - lo
+        first = np.repeat(e1, n)
+        second = e2[np.repeat(lo, n) + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)]
+        j = pd.DataFrame({"e1": first, "s": graph.src[first], "m": graph.dst[first],
+                          "t1": graph.t[first], "e2": second, "d": graph.dst[second],
+                          "t2": graph.t[second]})
+        j = j[(j.s != j.d).to_numpy()]
         if j.empty:
             return []
         out = []
@@ -125,8 +137,9 @@ class GatherScatterDetector(TypologyDetector):
         links = HopLinks(graph, int(self.link_dwell_hours * HOUR), self.min_link_ratio,
                          self.max_link_ratio, self.min_edge_amount)
         out = []
-        for e_in in star_groups(graph, graph.dst, graph.src, sig, w, self.min_sources,
-                                self.max_degree):
+        groups = self._may_scatter(graph, star_groups(graph, graph.dst, graph.src, sig, w,
+                                                      self.min_sources, self.max_degree), w)
+        for e_in in groups:
             hub = int(graph.dst[e_in[0]])
             t0, t_last = int(graph.t[e_in].min()), int(graph.t[e_in].max())
             e_out = graph.out_edges_between(hub, t0 + 1, t0 + w)
@@ -168,3 +181,25 @@ class GatherScatterDetector(TypologyDetector):
                     amount=float(inflow), new_counterparty_share=new_share,
                     linked_share=linked_share))
         return out
+
+    def _may_scatter(self, graph, groups: list[np.ndarray], w: int) -> list[np.ndarray]:
+        """The gathering groups whose hub makes at least min_destinations sizeable first
+        payments within (t0, t0 + w] of the group's first inflow: what `detect` requires of
+        any group (it keeps a subset of those payments), checked for all groups at once, so
+        the per-group work runs only where a scatter can follow (a small share at scale)."""
+        if not groups:
+            return groups
+        pay = np.flatnonzero((graph.amount >= self.min_edge_amount) & graph.pair_first)
+        t_min = int(graph.t.min())
+        # (payer, time) keys in sorted order: edges are in time order, so a stable sort by
+        # payer gives it.
+        pay = pay[np.argsort(graph.src[pay], kind="stable")]
+        key = (graph.src[pay].astype(np.int64) << 34) | (graph.t[pay] - t_min)
+        size = np.array([len(g) for g in groups])
+        first = np.concatenate([[0], np.cumsum(size)[:-1]])
+        every = np.concatenate(groups)
+        hub = graph.dst[every[first]].astype(np.int64) << 34
+        t0 = np.minimum.reduceat(graph.t[every], first) - t_min
+        count = np.searchsorted(key, hub | (t0 + w), "right") \
+            - np.searchsorted(key, hub | (t0 + 1), "left")
+        return [g for g, ok in zip(groups, count >= self.min_destinations) if ok]
