@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,8 @@ class DetectionResult:
     graph: TransactionGraph | None = field(default=None, repr=False)
     # Model score per edge: new edges only, NaN for history edges (never scored).
     edge_scores: np.ndarray | None = field(default=None, repr=False)
+    # Wall time per stage (graph, each detector, model, alerts), in ms: safe to log.
+    millis: dict[str, int] = field(default_factory=dict)
     _alerts: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
     def alerts_for(self, bank: str) -> pa.Table:
@@ -104,6 +107,10 @@ def model_instances(graph, scores: np.ndarray, covered: np.ndarray, threshold: f
     return out
 
 
+def _since(start: float) -> int:
+    return int((time.perf_counter() - start) * 1000)
+
+
 def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
                   members: list[str] | None = None,
                   placeholder_key: bytes | None = None, partitions: int = 1,
@@ -117,19 +124,23 @@ def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
     `map_partitions` (default: one after another here; the enclave passes a Dask map).
     """
     config = config or DetectionConfig.load()
+    millis: dict[str, int] = {}
+    start = time.perf_counter()
     banks = _banks(merged, members)
     graph = TransactionGraph.from_table(merged, config, members=banks)
+    millis["graph"] = _since(start)
     alert_cfg = config.section("alerts")
     require_new = bool(alert_cfg.get("require_new_edge", True))
 
     # Typology detectors, optionally split by time window (aml/detect/partition.py): the
     # instances are the same either way.
     found: list[PatternInstance] = detect_typologies(graph, build_detectors(config), partitions,
-                                                     map_partitions)
+                                                     map_partitions, millis)
     # The model sees every instance (history too: it trains on history edges); alerts are
     # raised only for instances that contain a new payment.
     instances = [i for i in found if not require_new or graph.is_new[i.edge_idx].any()]
 
+    start = time.perf_counter()
     scores, model_hash = _score_with_model(graph, found, config)
     if scores is not None:
         covered = np.zeros(len(graph), dtype=bool)
@@ -137,14 +148,17 @@ def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
             covered[inst.edge_idx] = True
         threshold = float(config.model.get("threshold", 0.8))
         instances.extend(model_instances(graph, scores, covered, threshold))
+    millis["model"] = _since(start)
 
+    start = time.perf_counter()
     alerts = cut_alerts(graph, instances, banks, currency=config.base_currency,
                         max_placeholders=int(alert_cfg.get("max_placeholders", 5)),
                         placeholder_key=placeholder_key)
+    millis["alerts"] = _since(start)
     counts: dict[str, int] = {}
     for table in alerts.values():
         for p in table.column("pattern").to_pylist():
             counts[p] = counts.get(p, 0) + 1
     return DetectionResult(banks=banks, counts=counts, instances=instances,
                            model_hash=model_hash, config_hash=config.hash, graph=graph,
-                           edge_scores=scores, _alerts=alerts)
+                           edge_scores=scores, millis=millis, _alerts=alerts)
