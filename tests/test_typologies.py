@@ -208,6 +208,25 @@ def test_bipartite_quiet_on_regular_customers_of_suppliers(config):
     assert not any(g.is_new[i.edge_idx].any() for i in found)
 
 
+def test_bipartite_leaves_out_other_business_of_ring_members(config):
+    b = Book()
+    rows = [b.pay(f"A00008{i}0", f"A00009{j}0", 2 + i + 0.5 * j, 5000 + 300 * (i - j))
+            for i in range(3) for j in range(3)]
+    other = b.pay("A0000800", "A0000910", 9, 40000)  # a first payment of another size
+    g, found = detect("bipartite", b, config)
+    inst = assert_found("bipartite", b, config, rows)
+    assert f"T{other:06d}" not in txns(g, inst)
+
+
+def test_bipartite_quiet_on_chance_meetings_of_unlike_payments(config):
+    b = Book()
+    amounts = [[600, 5000, 14000], [2500, 900, 30000], [11000, 1200, 4000]]
+    for i in range(3):
+        for j in range(3):
+            b.pay(f"A00008{i}0", f"A00009{j}0", 2 + i + 0.5 * j, amounts[i][j])
+    assert_quiet("bipartite", b, config)
+
+
 def test_stack_found(config):
     b = Book()
     layers = [["A0000101", "A0000102"], ["A0000111", "A0000112", "A0000113"],

@@ -69,8 +69,11 @@ class BipartiteDetector(TypologyDetector):
 
     def __init__(self, window_hours=72, min_sources=2, min_destinations=2, min_density=0.5,
                  min_edge_amount=500.0, max_fan=30,
-                 min_new_counterparty_share=0.8, min_score=0.5, enabled=True):
+                 min_new_counterparty_share=0.8, amount_band=1.6, max_amount_spread=0.3,
+                 min_score=0.5, enabled=True):
         self.window_hours = window_hours
+        self.amount_band = amount_band
+        self.max_amount_spread = max_amount_spread
         self.min_sources = min_sources
         self.min_destinations = min_destinations
         self.min_density = min_density
@@ -94,6 +97,15 @@ class BipartiteDetector(TypologyDetector):
                 in_b = idx[np.searchsorted(bucket, b, "left"):np.searchsorted(bucket, b, "right")]
                 e = in_b[np.isin(graph.dst[in_b], right)]
                 e = e[~np.isin(graph.src[e], right)]  # payees paying each other: not this shape
+                # A ring's legs are shares of one sum: payments far from the group's median
+                # size are other business of these accounts that fell in the same window.
+                # The same goes for payments far from the group's median time: a ring moves
+                # its money at once, within half a window.
+                a, med = graph.amount[e], np.median(graph.amount[e])
+                off = np.abs(graph.t[e] - np.median(graph.t[e]))
+                e = e[(a >= med / self.amount_band) & (a <= med * self.amount_band)
+                      & (off <= w // 2)]
+                right = np.unique(graph.dst[e])
                 payers, n_paid = np.unique(graph.src[e], return_counts=True)
                 left = payers[n_paid >= 2]  # the core: payers into >= 2 of these payees
                 inst = self._judge(graph, e, set(left.tolist()), set(right.tolist()))
@@ -108,9 +120,15 @@ class BipartiteDetector(TypologyDetector):
         new_share = share(graph.pair_first[edges])
         if density < self.min_density or new_share < self.min_new_counterparty_share:
             return None
+        # Payers and payees who merely met by chance pay whatever their own business needs.
+        amounts = graph.amount[edges]
+        spread = float(amounts.std() / amounts.mean())
+        if spread > self.max_amount_spread:
+            return None
         score = 0.5 + 0.25 * density + 0.25 * new_share
         return self._instance(edges, score, hops=1, sources=len(left), destinations=len(right),
-                              density=density, new_counterparty_share=new_share)
+                              density=density, new_counterparty_share=new_share,
+                              amount_spread=spread)
 
 
 class StackDetector(BipartiteDetector):

@@ -20,9 +20,11 @@ def forward_links(graph, max_dwell_s: int, min_ratio: float, max_ratio: float,
     Vectorised: one sort of out-edges by (account, time); each incoming payment finds its
     successors' index range with searchsorted, expanded with np.repeat.
     """
-    sig = (graph.amount >= min_amount) & ~graph.is_hub[graph.src]
+    # A payment to oneself (a company reinvesting) moves nothing between accounts: no hop.
+    loop = graph.src == graph.dst
+    sig = (graph.amount >= min_amount) & ~graph.is_hub[graph.src] & ~loop
     e_in = np.flatnonzero(sig & ~graph.is_hub[graph.dst])
-    f_out = np.flatnonzero(graph.amount >= min_amount * min_ratio)
+    f_out = np.flatnonzero((graph.amount >= min_amount * min_ratio) & ~loop)
     if len(e_in) == 0 or len(f_out) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     t0 = graph.t.min()
@@ -52,7 +54,7 @@ class RandomChainDetector(TypologyDetector):
 
     name = "random_chain"
 
-    def __init__(self, min_hops=3, max_hops=12, max_dwell_hours=48, min_conservation=0.9,
+    def __init__(self, min_hops=3, max_hops=12, max_dwell_hours=24, min_conservation=0.9,
                  max_conservation=1.0, min_amount=1000.0, max_component_edges=200,
                  min_new_counterparty_share=0.5, min_score=0.5, enabled=True):
         self.min_new_counterparty_share = min_new_counterparty_share
@@ -124,7 +126,10 @@ class PassThroughDetector(TypologyDetector):
     def __init__(self, max_dwell_hours=24, min_forward_share=0.75, max_forward_share=1.02,
                  min_amount=1000.0, min_edge_amount=200.0, max_payments=8,
                  max_account_degree=400, min_new_counterparty_share=0.8,
-                 require_linked_hop=True, min_score=0.5, enabled=True):
+                 require_linked_hop=True, min_link_ratio=0.85, max_link_ratio=1.0,
+                 min_score=0.5, enabled=True):
+        self.min_link_ratio = min_link_ratio
+        self.max_link_ratio = max_link_ratio
         self.require_linked_hop = require_linked_hop
         self.min_new_counterparty_share = min_new_counterparty_share
         self.max_dwell_hours = max_dwell_hours
@@ -157,8 +162,10 @@ class PassThroughDetector(TypologyDetector):
         # passes it on (a hop after): a mule's money comes from and goes to other hops, an
         # ordinary remittance stops with its recipient. Only the joint graph shows both sides.
         dwell = int(self.max_dwell_hours * HOUR)
-        before, after = forward_links(graph, dwell, self.min_forward_share,
-                                      self.max_forward_share, self.min_edge_amount)
+        # A linked hop passes on nearly all of it (a fee comes off); the mule itself may keep
+        # a bigger cut, so its own forwarded share has a wider band.
+        before, after = forward_links(graph, dwell, self.min_link_ratio,
+                                      self.max_link_ratio, self.min_edge_amount)
         self._fed = np.zeros(len(graph), bool)
         self._fed[after] = True
         self._moved_on = np.zeros(len(graph), bool)
