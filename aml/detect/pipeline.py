@@ -16,7 +16,7 @@ from aml.detect.config import DetectionConfig
 from aml.detect.graph import TransactionGraph
 from aml.detect.partition import PartitionMapper, detect_typologies
 from aml.detect.typologies import build_detectors
-from aml.detect.typologies.base import PatternInstance, merge_overlapping
+from aml.detect.typologies.base import PatternInstance
 
 NO_MODEL = "none"
 

@@ -141,7 +141,7 @@ class GatherScatterDetector(TypologyDetector):
                                                       self.min_sources, self.max_degree), w)
         for e_in in groups:
             hub = int(graph.dst[e_in[0]])
-            t0, t_last = int(graph.t[e_in].min()), int(graph.t[e_in].max())
+            t0 = int(graph.t[e_in].min())
             e_out = graph.out_edges_between(hub, t0 + 1, t0 + w)
             e_out = e_out[(graph.amount[e_out] >= self.min_edge_amount)
                           & graph.pair_first[e_out]]
