@@ -42,10 +42,11 @@ USD_PER_UNIT: dict[str, float] = {
     "DKK": 0.145, "PLN": 0.25, "ZAR": 0.055, "BTC": 60000.0,
 }
 
-# Ordinary transactions per account per day (laundering comes on top, ~0.7 % of that):
-# --accounts 10000 --days 60 gives about 1.02 M transactions.
+# Ordinary transactions per account per day; --accounts 10000 --days 60 gives about 1.02 M.
+# Laundering comes on top: 0.45 % of that, still 4-5 times IBM AMLworld HI's ~0.1 %, so that
+# 1 M rows hold about 20 instances of each pattern (docs/synthetic-data.md).
 TXNS_PER_ACCOUNT_DAY = 1.7
-LAUNDERING_SHARE = 0.007
+LAUNDERING_SHARE = 0.0045
 # Ordinary payments shaped like single laundering legs (`_lookalikes`), as shares of the
 # ordinary traffic: one-off sizeable transfers, and "forwarders" (money received and passed
 # on within hours). Forwarders are what each bank sees of a chain, a cycle or a mule leaf:
@@ -54,6 +55,9 @@ ONE_OFF_SHARE = 0.015
 FORWARDER_SHARE = 0.04
 SALARY_FORWARD_SHARE = 0.3  # of the forwarders' monthly salaries (`_payroll`)
 MIN_INSTANCES_PER_PATTERN = 5
+# Share of laundering instances, and of their look-alikes, whose payments are squeezed into
+# waking hours; the rest happen at any hour (online banking).
+AWAKE_SHARE = 0.9
 
 TYPOLOGIES = (
     "fan_out", "fan_in", "cycle", "scatter_gather", "gather_scatter", "bipartite",
@@ -365,7 +369,7 @@ def _lookalikes(rng, pop: _Population, n_one_off: int, n_forward: int, days: int
     # One-off transfers.
     k = n_one_off
     src, dst = parties(k, 0.15, 0), parties(k, 0.1, 2)
-    t = rng.integers(0, days, k) * DAY + _daytime(rng, k)
+    t = _leg_times(rng, rng.integers(0, days * DAY, k), np.arange(k), k)
     # Sized like laundering legs: a whole hop's sum, or a third of one (a fan's leg).
     usd = amounts(k) * np.where(rng.random(k) < 0.6, rng.beta(6, 12, k), 1.0)
     # A fifth sit just under the 10,000 USD reporting line (a used car, a deposit): one such
@@ -386,16 +390,18 @@ def _lookalikes(rng, pop: _Population, n_one_off: int, n_forward: int, days: int
     # Some pass on a sum just under the 10,000 USD line (what a smurf's bank sees).
     band = rng.random(episodes) < 0.15
     total[band] = rng.uniform(8_600, 10_500, band.sum())
-    t_in = rng.integers(0, days, episodes) * DAY + _daytime(rng, episodes)
+    t_in = rng.integers(0, days * DAY, episodes)
     i_ep = np.repeat(np.arange(episodes), n_in)
     part = rng.dirichlet(np.full(2, 6.0), episodes)
     part[n_in == 1] = [1.0, 0.0]  # one payment in carries the whole sum
     a_in = total[i_ep] * part[i_ep, np.arange(len(i_ep)) - np.repeat(np.cumsum(n_in) - n_in, n_in)]
     ti = t_in[i_ep] + rng.integers(0, 6 * HOUR, len(i_ep))
     payer = parties(len(i_ep), 0.0, 0)
-    ok = (payer != fwd[i_ep]) & (ti < days * DAY)
+    awake = rng.random(episodes) < AWAKE_SHARE  # `_leg_times`, one coin per episode
+    ti_awake = np.where(awake[i_ep], _awake(ti), ti)
+    ok = (payer != fwd[i_ep]) & (ti_awake < days * DAY)
     share_in = np.bincount(i_ep[ok], weights=a_in[ok], minlength=episodes)
-    out.add(payer[ok], fwd[i_ep][ok], ti[ok], a_in[ok], fmts(len(i_ep))[ok])
+    out.add(payer[ok], fwd[i_ep][ok], ti_awake[ok], a_in[ok], fmts(len(i_ep))[ok])
     last_in = np.zeros(episodes, np.int64)
     np.maximum.at(last_in, i_ep, ti)
     o_ep = np.repeat(np.arange(episodes), n_out)
@@ -410,6 +416,7 @@ def _lookalikes(rng, pop: _Population, n_one_off: int, n_forward: int, days: int
                      rng.uniform(0.80, 0.90, episodes))
     a_out = share_in[o_ep] * kept[o_ep] * weight
     to = last_in[o_ep] + rng.integers(HOUR // 2, 10 * HOUR, len(o_ep))
+    to = np.where(awake[o_ep], _awake(to), to)
     payee = parties(len(o_ep), 0.0, 2)
     ok = (payee != fwd[o_ep]) & (to < days * DAY)
     out.add(fwd[o_ep][ok], payee[ok], to[ok], a_out[ok], fmts(len(o_ep))[ok])
@@ -679,7 +686,8 @@ class _Launderer:
         dsts = dsts[~np.isin(dsts, srcs)]
         acc = np.concatenate([srcs, dsts])
         hub = self.center(acc, role="pass")
-        total = self.amount() * k / 3
+        # Legs about a third of a hop each, as in a star, so none drowns in everyday spending.
+        total = max(self.amount(), 4_500) * max(k, m) / 3
         in_times = rng.uniform(0, self.hours(4, 36), k)
         for s, t, a in zip(srcs, in_times, self.split(total, k)):
             inst.pay(s, hub, t, a, self.fmt())
@@ -825,6 +833,20 @@ _TWINNED = ("fan_out", "fan_in", "gather_scatter", "structuring", "disguised_pay
 _SMALL_STAR_VIEWS = ("bipartite", "stack", "scatter_gather")
 
 
+def _awake(t: np.ndarray) -> np.ndarray:
+    """Squeeze each time of day into 06:00-24:00, monotone so the order of hops is kept."""
+    return t - t % DAY + 6 * HOUR + (t % DAY) * 3 // 4
+
+
+def _leg_times(rng, t: np.ndarray, episode: np.ndarray, n_episodes: int) -> np.ndarray:
+    """The time-of-day law every laundering leg and every look-alike of one follows: an
+    episode (instance) starts at a uniform time of day, its legs keep their offsets, and
+    AWAKE_SHARE of episodes are squeezed into waking hours. One law for both, so the hour of
+    a sizeable payment says nothing about whether it is laundering."""
+    awake = rng.random(n_episodes) < AWAKE_SHARE
+    return np.where(awake[episode], _awake(t), t)
+
+
 def _place(rng, t: np.ndarray, span_limit: int, office_hours: bool) -> np.ndarray:
     """Place an instance (times relative to its start) inside the data range."""
     t = t - min(t.min(), 0.0)  # a hop "just before" the start may sit at negative times
@@ -833,16 +855,14 @@ def _place(rng, t: np.ndarray, span_limit: int, office_hours: bool) -> np.ndarra
         t = t * (span_limit - 1) / span
         span = span_limit
     # Start at a day's midnight (the disguised kinds carry office hours of their own)
-    # or at an ordinary-looking time of day.
+    # or at a uniform time of day (`_leg_times`).
     t0 = rng.integers(0, span_limit - span + 1)
     t0 -= t0 % DAY
     if not office_hours:
-        t0 = min(t0 + int(_daytime(rng, 1)[0]), span_limit - span)
+        t0 = min(t0 + int(rng.integers(0, DAY)), span_limit - span)
     t = t0 + t.astype(np.int64)
-    if not office_hours and rng.random() < 0.9:
-        # Most people act in the day: squeeze each hop's time of day into 06:00-24:00
-        # (monotone, so the hop order is kept).
-        t = t - t % DAY + 6 * HOUR + (t % DAY) * 3 // 4
+    if not office_hours:
+        t = _leg_times(rng, t, np.zeros(len(t), np.int64), 1)
     return t
 
 
