@@ -345,3 +345,26 @@ def test_cli_writes_files_and_refuses_bad_options(tmp_path, capsys):
     assert cli.main(["synth", "--out", str(tmp_path / "x"), "--banks", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "banks" in err[0]
+
+
+def test_look_alikes_keep_the_hours_of_laundering_legs():
+    """One time-of-day law for laundering legs and the ordinary payments shaped like them, so a
+    bank's model cannot tell them apart by the hour (everyday traffic peaks in the afternoon)."""
+    from aml import synth
+
+    rng = np.random.default_rng(0)
+    pop = synth._make_population(rng, 5, 3_000)
+    synth._assign_roles(rng, pop)
+    look, laundering = synth._Edges(), synth._Edges()
+    synth._lookalikes(rng, pop, 3_000, 6_000, 30, look)
+    names = np.array(synth._laundering(rng, pop, 30, 3_000, laundering))
+    legs = laundering.arrays()
+    own_hours = ~np.isin(names[legs["instance"]], DISGUISED) & (legs["instance"] >= 0)
+
+    def share_by_quarter_day(t):
+        return np.bincount((t % 86_400) // 21_600, minlength=4) / len(t)
+
+    lookalike, laundered = share_by_quarter_day(look.arrays()["t"]), share_by_quarter_day(legs["t"][own_hours])
+    assert np.abs(lookalike - laundered).max() < 0.05, (lookalike, laundered)
+    everyday = share_by_quarter_day(synth._daytime(rng, 100_000))
+    assert np.abs(everyday - laundered).max() > 0.1  # the law differs from everyday traffic's
