@@ -44,7 +44,7 @@ USD_PER_UNIT: dict[str, float] = {
 
 # Ordinary transactions per account per day; --accounts 10000 --days 60 gives about 1.02 M.
 # Laundering comes on top: 0.45 % of that, still 4-5 times IBM AMLworld HI's ~0.1 %, so that
-# 1 M rows hold about 20 instances of each pattern (docs/synthetic-data.md).
+# 1 M rows hold about 30 instances of each pattern (docs/synthetic-data.md).
 TXNS_PER_ACCOUNT_DAY = 1.7
 LAUNDERING_SHARE = 0.0045
 # Ordinary payments shaped like single laundering legs (`_lookalikes`), as shares of the
