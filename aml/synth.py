@@ -369,7 +369,7 @@ def _lookalikes(rng, pop: _Population, n_one_off: int, n_forward: int, days: int
     # One-off transfers.
     k = n_one_off
     src, dst = parties(k, 0.15, 0), parties(k, 0.1, 2)
-    t = _leg_times(rng, rng.integers(0, days * DAY, k), np.arange(k), k)
+    t = _leg_times(rng.integers(0, days * DAY, k), _awake_episodes(rng, k))
     # Sized like laundering legs: a whole hop's sum, or a third of one (a fan's leg).
     usd = amounts(k) * np.where(rng.random(k) < 0.6, rng.beta(6, 12, k), 1.0)
     # A fifth sit just under the 10,000 USD reporting line (a used car, a deposit): one such
@@ -397,8 +397,8 @@ def _lookalikes(rng, pop: _Population, n_one_off: int, n_forward: int, days: int
     a_in = total[i_ep] * part[i_ep, np.arange(len(i_ep)) - np.repeat(np.cumsum(n_in) - n_in, n_in)]
     ti = t_in[i_ep] + rng.integers(0, 6 * HOUR, len(i_ep))
     payer = parties(len(i_ep), 0.0, 0)
-    awake = rng.random(episodes) < AWAKE_SHARE  # `_leg_times`, one coin per episode
-    ti_awake = np.where(awake[i_ep], _awake(ti), ti)
+    awake = _awake_episodes(rng, episodes)  # one coin per episode, for its ins and outs
+    ti_awake = _leg_times(ti, awake[i_ep])
     ok = (payer != fwd[i_ep]) & (ti_awake < days * DAY)
     share_in = np.bincount(i_ep[ok], weights=a_in[ok], minlength=episodes)
     out.add(payer[ok], fwd[i_ep][ok], ti_awake[ok], a_in[ok], fmts(len(i_ep))[ok])
@@ -416,7 +416,7 @@ def _lookalikes(rng, pop: _Population, n_one_off: int, n_forward: int, days: int
                      rng.uniform(0.80, 0.90, episodes))
     a_out = share_in[o_ep] * kept[o_ep] * weight
     to = last_in[o_ep] + rng.integers(HOUR // 2, 10 * HOUR, len(o_ep))
-    to = np.where(awake[o_ep], _awake(to), to)
+    to = _leg_times(to, awake[o_ep])
     payee = parties(len(o_ep), 0.0, 2)
     ok = (payee != fwd[o_ep]) & (to < days * DAY)
     out.add(fwd[o_ep][ok], payee[ok], to[ok], a_out[ok], fmts(len(o_ep))[ok])
@@ -838,13 +838,17 @@ def _awake(t: np.ndarray) -> np.ndarray:
     return t - t % DAY + 6 * HOUR + (t % DAY) * 3 // 4
 
 
-def _leg_times(rng, t: np.ndarray, episode: np.ndarray, n_episodes: int) -> np.ndarray:
+def _awake_episodes(rng, n: int) -> np.ndarray:
+    """Which of n episodes (instances) happen in waking hours (`_leg_times`)."""
+    return rng.random(n) < AWAKE_SHARE
+
+
+def _leg_times(t: np.ndarray, awake) -> np.ndarray:
     """The time-of-day law every laundering leg and every look-alike of one follows: an
     episode (instance) starts at a uniform time of day, its legs keep their offsets, and
-    AWAKE_SHARE of episodes are squeezed into waking hours. One law for both, so the hour of
-    a sizeable payment says nothing about whether it is laundering."""
-    awake = rng.random(n_episodes) < AWAKE_SHARE
-    return np.where(awake[episode], _awake(t), t)
+    AWAKE_SHARE of episodes (`awake`, per leg) are squeezed into waking hours. One law for
+    both, so the hour of a sizeable payment says nothing about whether it is laundering."""
+    return np.where(awake, _awake(t), t)
 
 
 def _place(rng, t: np.ndarray, span_limit: int, office_hours: bool) -> np.ndarray:
@@ -862,7 +866,7 @@ def _place(rng, t: np.ndarray, span_limit: int, office_hours: bool) -> np.ndarra
         t0 = min(t0 + int(rng.integers(0, DAY)), span_limit - span)
     t = t0 + t.astype(np.int64)
     if not office_hours:
-        t = _leg_times(rng, t, np.zeros(len(t), np.int64), 1)
+        t = _leg_times(t, _awake_episodes(rng, 1)[0])
     return t
 
 
