@@ -249,5 +249,21 @@ def main(argv: list[str] | None = None) -> int:
         return 4
 
 
+def run() -> None:
+    """The console entry point: `main`, then exit without racing native thread pools.
+
+    pyarrow's worker threads can abort the process at interpreter teardown ("terminate called
+    without an active exception", SIGABRT; apache/arrow#34314), turning a finished `aml open`
+    into exit -6. Commands that never import Prefect have written and closed everything by now,
+    so they skip teardown; Prefect commands exit normally so its log handlers flush.
+    """
+    code = main()
+    if "prefect" not in sys.modules:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
