@@ -284,7 +284,7 @@ def _deliveries(con: Consortium, outbox: Path, ledger: dict, honest: list[dict],
             continue
         out = work / "opened" / f"{item['bank']}-{recs[0]['run_id']}.jsonl"
         rc, _, err = cli("open", "--bank", item["bank"], "--key", con.key_path(item["bank"]),
-                         "--attestation", con.attestation, alert, "--out", out)
+                         *con.bank_args(), "--allow-older", alert, "--out", out)
         if rc:
             problems.append(f"honest {item['bank']}: aml open failed: {err.strip()[-120:]}")
     return not problems, problems
@@ -298,8 +298,8 @@ def open_alert_sets(con: Consortium, outbox: Path, dest: Path) -> dict[str, set]
         alerts: set = set()
         if files:
             path = dest / f"{bank}.jsonl"
-            rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), "--attestation",
-                             con.attestation, *files, "--out", path)
+            rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), *con.bank_args(),
+                             "--allow-older", *files, "--out", path)
             if rc:
                 raise RuntimeError(f"aml open failed for {bank}: {err.strip()}")
             for line in path.read_text().splitlines():
@@ -459,8 +459,12 @@ def _crash_template(con: Consortium, first: dict[str, Path], root: Path) -> tupl
         raise RuntimeError(f"enclave init failed: {err.strip()}")
     ids = []
     for bank in con.banks:
-        rc, out, err = cli("seal", "--bank", bank, "--key", con.key_path(bank), "--attestation",
-                           enclave / "attestation.json", "--sequence", "1", first[bank], "--out", inbox)
+        pinned = root / "bank-policy" / "policy.json"  # the banks' pinned copy of this enclave's policy
+        pinned.parent.mkdir(parents=True, exist_ok=True)
+        pinned.write_bytes((enclave / "policy.json").read_bytes())
+        rc, out, err = cli("seal", "--bank", bank, "--key", con.key_path(bank),
+                           *con.bank_args(enclave / "attestation.json", pinned), "--sequence", "1", first[bank],
+                           "--out", inbox)
         if rc:
             raise RuntimeError(f"aml seal failed: {err.strip()}")
         ids.append(read_header(Path(out.strip().split("sealed ", 1)[1])).batch_id)

@@ -142,7 +142,7 @@ def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path)
         res.record(name, f"{got} (exit {rc})", {f"{code} (exit {exit_code})"}, got == code and rc == exit_code)
 
     def seal_args(key: Path, att: Path, policy: Path, who: str = bank):
-        return ["seal", "--bank", who, "--key", key, "--attestation", att, "--policy", policy,
+        return ["seal", "--bank", who, "--key", key, *con.bank_args(att, policy),
                 "--sequence", "999", batch_file, "--out", inbox]
 
     # loose key permissions: seal refuses (exit 2, key_file)
@@ -152,21 +152,21 @@ def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path)
         loose.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(con.key_path(bank), loose)
         os.chmod(loose, mode)
-        expect(kf, f"mode_{mode:04o}", seal_args(loose, con.attestation, con.policy), "key_file", 2)
-    expect(kf, "other_banks_key", seal_args(con.key_path(other), con.attestation, con.policy), "key_file", 2)
-    expect(kf, "missing_key", seal_args(work / "nope.key", con.attestation, con.policy), "key_file", 2)
+        expect(kf, f"mode_{mode:04o}", seal_args(loose, con.attestation, con.bank_policy), "key_file", 2)
+    expect(kf, "other_banks_key", seal_args(con.key_path(other), con.attestation, con.bank_policy), "key_file", 2)
+    expect(kf, "missing_key", seal_args(work / "nope.key", con.attestation, con.bank_policy), "key_file", 2)
     out.append(kf)
 
     # attestation: stale (enclave re-initialised), altered, or outside the pinned policy
     att = ClassResult("attestation", "bank")
     expect(att, "stale_attestation_new_policy",
-           seal_args(con.key_path(bank), stale_dir / "attestation.json", con.policy), "attestation", 3)
+           seal_args(con.key_path(bank), stale_dir / "attestation.json", con.bank_policy), "attestation", 3)
     doc = json.loads(con.attestation.read_text())
     key_hex = doc["statement"]["enclave_x25519"]
     doc["statement"]["enclave_x25519"] = ("0" if key_hex[0] != "0" else "1") + key_hex[1:]
     swapped = work / "swapped_key_attestation.json"
     swapped.write_text(json.dumps(doc))
-    expect(att, "enclave_key_swapped", seal_args(con.key_path(bank), swapped, con.policy), "attestation", 3)
+    expect(att, "enclave_key_swapped", seal_args(con.key_path(bank), swapped, con.bank_policy), "attestation", 3)
     policy = json.loads(con.policy.read_text())
     policy["allowed_measurements"] = ["00" * 32]
     other_policy = work / "other_measurement_policy.json"
@@ -196,10 +196,10 @@ def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path)
     for name, (data, who, code, exit_code) in variants.items():
         path = files / f"{name}.amla"
         path.write_bytes(data)
-        expect(al, name, ["open", "--bank", who, "--key", con.key_path(who), "--attestation", con.attestation,
+        expect(al, name, ["open", "--bank", who, "--key", con.key_path(who), *con.bank_args(),
                           path, "--out", work / f"{name}.jsonl"], code, exit_code)
     (files / "genuine.amla").write_bytes(sealed)
-    rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), "--attestation", con.attestation,
+    rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), *con.bank_args(),
                      files / "genuine.amla", "--out", work / "genuine.jsonl")
     al.record("genuine_own_bank", "accepted" if rc == 0 else cli_error_code(err), {"accepted"}, rc == 0)
     out.append(al)
@@ -212,9 +212,8 @@ def stale_batch(con: Consortium, batch_file: Path, work: Path, bank: str, sequen
     stale_dir = work / "stale_attestation"
     stale_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(con.attestation, stale_dir / "attestation.json")
-    shutil.copy(con.policy, stale_dir / "policy.json")
     sealed = con.seal_cli(bank, batch_file, work / "stale_sealed", sequence,
-                          attestation=stale_dir / "attestation.json", policy=stale_dir / "policy.json")
+                          attestation=stale_dir / "attestation.json", policy=con.bank_policy)
     time.sleep(0.01)
     con.init_enclave(force=True)
     return sealed, stale_dir

@@ -12,7 +12,7 @@ import sqlite3
 
 import pytest
 
-from conftest import E2E_BANKS, aml_cli, build_consortium, open_all
+from conftest import E2E_BANKS, aml_cli, bank_policy_args, build_consortium, open_all
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _seal_payload(p, bank: str, sequence: int, payload: bytes):
     from aml.crypto.container import ENCLAVE, Header, seal_bytes
     from aml.crypto.keys import PublicKeys
 
-    enclave = verified_enclave(p["enclave"] / "attestation.json", None)
+    enclave = verified_enclave(p["enclave"] / "attestation.json", p["policy"], allow_simulated=True)
     pair = load_member_key(bank, p["keys"] / f"{bank}.key", enclave)
     enclave_pub = PublicKeys.from_raw(enclave.x25519_public, enclave.ed25519_public, ENCLAVE)
     now = int(time.time())
@@ -102,9 +102,8 @@ def test_tampered_batch_is_quarantined_and_the_others_processed(consortium):
     p, env = consortium["p"], consortium["env"]
     sealed = {}
     for bank in ("B01", "B02"):
-        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
-                    "--attestation", p["enclave"] / "attestation.json", p["banks"] / f"{bank}.parquet",
-                    "--out", p["inbox"])
+        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key", *bank_policy_args(p),
+                    p["banks"] / f"{bank}.parquet", "--out", p["inbox"])
         assert r.returncode == 0, r.stderr
         sealed[bank] = sorted(p["inbox"].glob(f"{bank}-00000002-*.amlb"))[0]
     data = bytearray(sealed["B02"].read_bytes())

@@ -206,8 +206,11 @@ def enclave(tmp_path):
 def _seal(e, bank="B01", sequence=None, expires_hours=72.0) -> Path:
     from aml.bank.seal import seal
 
+    from aml.demo import pin_policy
+
     return seal(bank=bank, key=e["keys"] / f"{bank}.key", attestation=e["enclave"] / "attestation.json",
-                file=e["batch"], inbox=e["inbox"], sequence=sequence, expires_hours=expires_hours)
+                file=e["batch"], inbox=e["inbox"], policy=pin_policy(e["enclave"], e["tmp"] / "bank"),
+                allow_simulated=True, sequence=sequence, expires_hours=expires_hours)
 
 
 def _verify(e) -> dict:
