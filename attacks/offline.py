@@ -203,7 +203,67 @@ def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path)
                      files / "genuine.amla", "--out", work / "genuine.jsonl")
     al.record("genuine_own_bank", "accepted" if rc == 0 else cli_error_code(err), {"accepted"}, rc == 0)
     out.append(al)
+    out.append(_policy_class(con, work, seal_args, expect))
+    out.append(_alert_replay_class(con, work, bank))
     return out
+
+
+def _policy_class(con: Consortium, work: Path, seal_args, expect) -> ClassResult:
+    """Issue 14, finding 2: the operator's policy, its own re-initialised enclave, a simulated
+    attestation: `aml seal` seals nothing unless the bank's own pinned policy and flags allow it."""
+    bank = con.banks[0]
+    res = ClassResult("operator_policy", "bank")
+    key = con.key_path(bank)
+    expect(res, "operator_copy_beside_attestation", seal_args(key, con.attestation, con.policy), "config", 2)
+    link = work / "policy_link" / "policy.json"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(con.policy)
+    expect(res, "symlink_to_operator_copy", seal_args(key, con.attestation, link), "config", 2)
+    no_flag = [a for a in seal_args(key, con.attestation, con.bank_policy) if a != "--allow-simulated"]
+    expect(res, "simulated_without_allow_simulated", no_flag, "attestation", 3)
+    rc, _, err = cli(*[a for a in seal_args(key, con.attestation, con.bank_policy) if a != con.bank_policy
+                       and a != "--policy"])
+    res.record("no_policy_flag", f"exit {rc}", {"exit 2"}, rc == 2 and "--policy" in err)
+    # The operator starts its own enclave and publishes attestation + policy for it, side by side.
+    rogue = work / "rogue_enclave"
+    shutil.rmtree(rogue, ignore_errors=True)
+    rc, _, err = cli("enclave", "init", "--dir", rogue, "--members", con.keys_dir)
+    if rc:
+        raise RuntimeError(f"enclave init failed: {err.strip()}")
+    expect(res, "operator_enclave_and_policy", seal_args(key, rogue / "attestation.json", rogue / "policy.json"),
+           "config", 2)
+    expect(res, "operator_enclave_bank_policy", seal_args(key, rogue / "attestation.json", con.bank_policy),
+           "attestation", 3)
+    return res
+
+
+def _alert_replay_class(con: Consortium, work: Path, bank: str) -> ClassResult:
+    """Issue 14, finding 10: an alert file older than one the bank already opened is refused;
+    the same file again opens (idempotent)."""
+    import pyarrow as pa
+
+    from aml.enclave.identity import seal_alerts
+    from aml.schema import ALERT_SCHEMA
+
+    res = ClassResult("alert_replay", "bank")
+    keys, public = con.enclave_keys(), con.pair(bank).public
+    empty = pa.Table.from_pylist([], schema=ALERT_SCHEMA)
+    files = work / "replayed_alerts"
+    files.mkdir(parents=True, exist_ok=True)
+    for run in (1000, 1001):
+        (files / f"run{run}.amla").write_bytes(seal_alerts(empty, bank, public, keys, f"attackrun{run}", run, {}))
+
+    def open_(name: str, *extra: str) -> tuple[int, str | None]:
+        rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), *con.bank_args(), *extra,
+                         files / f"{name}.amla", "--out", work / f"replay-{name}.jsonl")
+        return rc, cli_error_code(err) if rc else "accepted"
+
+    for case, name, want in (("newer_run", "run1001", "accepted"), ("same_file_again", "run1001", "accepted"),
+                             ("older_run_replayed", "run1000", "stale_alerts")):
+        rc, got = open_(name)
+        res.record(case, str(got), {want}, got == want)
+    return res
 
 
 def stale_batch(con: Consortium, batch_file: Path, work: Path, bank: str, sequence: int) -> tuple[Path, Path]:
