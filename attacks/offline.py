@@ -204,6 +204,7 @@ def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path)
     al.record("genuine_own_bank", "accepted" if rc == 0 else cli_error_code(err), {"accepted"}, rc == 0)
     out.append(al)
     out.append(_policy_class(con, work, seal_args, expect))
+    out.append(_hyperprotect_signer_class(con, work, seal_args, expect))
     out.append(_alert_replay_class(con, work, bank))
     return out
 
@@ -277,3 +278,82 @@ def stale_batch(con: Consortium, batch_file: Path, work: Path, bank: str, sequen
     time.sleep(0.01)
     con.init_enclave(force=True)
     return sealed, stale_dir
+
+
+def _hyperprotect_signer_class(con: Consortium, work: Path, seal_args, expect) -> ClassResult:
+    """Issue 14, finding 8: a Hyper Protect attestation whose record is signed by some other
+    certificate under the pinned root (a TLS server certificate, a CA, the root itself) is
+    refused by `aml seal`; the genuine signer is accepted."""
+    import datetime as dt
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from aml.crypto.hyperprotect import build_document
+
+    now = dt.datetime.now(dt.timezone.utc)
+    flags = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+                           "encipher_only", "decipher_only"), False)
+
+    def cert(key, cn, issuer_key=None, issuer=None, ca=False, signer_usage=True, extra=()):
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature=signer_usage, key_cert_sign=not signer_usage,
+                                          crl_sign=not signer_usage, **flags), critical=True))
+        for ext in extra:
+            b = b.add_extension(ext, critical=False)
+        return b.sign(issuer_key or key, hashes.SHA256())
+
+    def pem(c) -> str:
+        return c.public_bytes(serialization.Encoding.PEM).decode()
+
+    new_key = lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)  # noqa: E731
+    root_key, inter_key, signer_key, rogue_key = new_key(), new_key(), new_key(), new_key()
+    root = cert(root_key, "Attack IBM Root", ca=True, signer_usage=False)
+    inter = cert(inter_key, "Attack IBM Intermediate", root_key, root, ca=True, signer_usage=False)
+    signer = cert(signer_key, "Attack HPCR attestation", inter_key, inter)
+    att_key = Ed25519PrivateKey.generate()
+    workload, env = hashlib.sha256(b"workload").hexdigest(), hashlib.sha256(b"env").hexdigest()
+    record = f"26.1.0\n{workload} contract:workload\n{env} contract:env\n"
+    statement = {k: v for k, v in json.loads(con.attestation.read_text())["statement"].items()
+                 if k not in ("simulated", "warning")}
+    policy = dict(json.loads(con.bank_policy.read_text()), verifier="hyper-protect", trust={
+        "root_ca_pem": pem(root), "signer_subject": "CN=Attack HPCR attestation",
+        "attestation_public_key": att_key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                                    serialization.PublicFormat.Raw).hex(),
+        "expected_checksums": {"contract:workload": workload, "contract:env": env}})
+    folder = work / "hyperprotect"
+    (folder / "bank").mkdir(parents=True, exist_ok=True)
+    (folder / "bank" / "policy.json").write_text(json.dumps(policy))
+
+    san = x509.SubjectAlternativeName([x509.DNSName("www.attacker.example")])
+    eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
+    cases = {
+        "genuine_signer": (signer, signer_key, [inter], "accepted"),
+        "tls_server_cert_under_root": (cert(rogue_key, "www.attacker.example", inter_key, inter, extra=(san, eku)),
+                                       rogue_key, [inter], "attestation"),
+        "pinned_subject_but_keycertsign": (cert(rogue_key, "Attack HPCR attestation", inter_key, inter,
+                                                signer_usage=False), rogue_key, [inter], "attestation"),
+        "pinned_subject_but_a_ca": (cert(rogue_key, "Attack HPCR attestation", inter_key, inter, ca=True),
+                                    rogue_key, [inter], "attestation"),
+        "intermediate_as_signer": (inter, inter_key, [], "attestation"),
+        "root_as_signer": (root, root_key, [], "attestation"),
+    }
+    res = ClassResult("hyperprotect_signer", "bank")
+    for name, (leaf, key, chain, code) in cases.items():
+        signature = key.sign(record.encode(), PKCS1v15(), hashes.SHA256())
+        doc = build_document(statement, att_key, record, signature, [pem(leaf), *map(pem, chain)])
+        att = folder / name / "attestation.json"
+        att.parent.mkdir(parents=True, exist_ok=True)
+        att.write_text(json.dumps(doc))
+        expect(res, name, seal_args(con.key_path(con.banks[0]), att, folder / "bank" / "policy.json"),
+               code, 0 if code == "accepted" else 3)
+    return res
