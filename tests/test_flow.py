@@ -243,6 +243,30 @@ def test_inbox_checks_accept_good_batches_and_quarantine_the_rest(enclave):
     assert not forged.exists() and _reason(e, forged.name)["code"] == "bad_signature"
 
 
+def test_inbox_symlinks_are_quarantined_not_followed(enclave):
+    """Issue 14, finding 11: a link in the inbox (to a genuine batch elsewhere, or to any file the
+    flow can read) is never opened; the link itself goes to quarantine with its reason."""
+    e = enclave
+    elsewhere = e["tmp"] / "elsewhere"
+    genuine = _seal(e, "B01", sequence=1)
+    elsewhere.mkdir()
+    target = elsewhere / genuine.name
+    genuine.rename(target)
+    link = e["inbox"] / genuine.name
+    link.symlink_to(target)
+    (e["inbox"] / "passwd.amlb").symlink_to("/etc/passwd")
+    honest = _seal(e, "B02", sequence=1)
+
+    out = _verify(e)
+    assert out[honest.name]["status"] == "accepted"
+    for name in (genuine.name, "passwd.amlb"):
+        assert out[name]["status"] == "rejected" and out[name]["code"] == "bad_input"
+        assert "symbolic link" in _reason(e, name)["message"]
+        moved = e["inbox"] / "quarantine" / name
+        assert moved.is_symlink() and not (e["inbox"] / name).exists()
+    assert target.is_file()  # the file the link pointed at is left alone
+
+
 def test_inbox_checks_skip_processed_batches_and_refuse_lower_sequences(enclave):
     e = enclave
     first = _seal(e, "B01", sequence=3)

@@ -403,3 +403,21 @@ def test_entrypoint_refuses_a_simulated_start_when_a_signing_key_is_set(tmp_path
     (hp / "se-signature.bin").unlink()
     with pytest.raises(AttestationError, match="se-signature.bin"):
         prepare(root, hp, env)
+
+
+def test_entrypoint_keeps_the_attestation_key_out_of_child_processes(monkeypatch):
+    """Issue 14, finding 11: the key is read once at start-up; the Prefect server, the enclave
+    workers and anything else started later must not inherit it."""
+    import subprocess
+    import sys
+
+    from aml.enclave.entrypoint import take_settings
+
+    monkeypatch.setenv("AML_ATTESTATION_SIGNING_KEY", "secret-b64")
+    monkeypatch.setenv("AML_CRON", "0 3 * * *")
+    settings = take_settings()
+    assert settings["AML_ATTESTATION_SIGNING_KEY"] == "secret-b64" and settings["AML_CRON"] == "0 3 * * *"
+    assert "AML_ATTESTATION_SIGNING_KEY" not in os.environ and os.environ["AML_CRON"] == "0 3 * * *"
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('AML_ATTESTATION_SIGNING_KEY'))"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == "None"
