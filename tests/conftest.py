@@ -115,7 +115,8 @@ def small_table():
 
 def bank_policy_args(p: dict[str, Path]) -> list:
     """`--attestation ... --policy ... --allow-simulated` for `aml seal` / `aml open` in a test consortium."""
-    return ["--attestation", p["enclave"] / "attestation.json", "--policy", p["policy"], "--allow-simulated"]
+    return ["--attestation", p["enclave"] / "attestation.json", "--policy", p["banks"] / "policy.json",
+            "--allow-simulated"]
 
 
 def build_consortium(table, workdir: Path, banks: list[str] = E2E_BANKS) -> dict[str, Path]:
@@ -133,7 +134,7 @@ def build_consortium(table, workdir: Path, banks: list[str] = E2E_BANKS) -> dict
         assert r.returncode == 0, r.stderr
     r = aml_cli("enclave", "init", "--dir", p["enclave"], "--members", p["keys"])
     assert r.returncode == 0, r.stderr
-    p["policy"] = pin_policy(p["enclave"], p["banks"])  # the banks' pinned copy (one for all in tests)
+    pin_policy(p["enclave"], p["banks"])  # the banks' pinned copy, banks/policy.json (one for all in tests)
     for bank, part in split_table(table, banks).items():
         pq.write_table(part, p["banks"] / f"{bank}.parquet")
         r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key", *bank_policy_args(p),
