@@ -344,6 +344,16 @@ def _flow_runs(con, nights, first, stale, work, rng, quick, canary, runner: Runn
     cases = _attack_cases(con, nights.nights[0][banks[0]], rng, canary, stale)
     for cls, name, data, expected in cases:
         sub.add(cls, name, inbox, data, expected)
+    # Issue 14, finding 11: links in the inbox are never followed, even to a genuine batch.
+    outside = work / "flow" / "outside_inbox"
+    outside.mkdir(parents=True, exist_ok=True)
+    table = nights.nights[0][banks[1]]
+    name, data = con.craft(banks[1], 60_000, table_to_parquet(table, TRANSACTION_SCHEMA), table.num_rows)
+    (outside / name).write_bytes(data)
+    (inbox / name).symlink_to(outside / name)
+    sub.add("inbox_symlink", name, inbox, None, {"bad_input"})
+    (inbox / "B00-00000001-etcpasswd.amlb").symlink_to("/etc/passwd")
+    sub.add("inbox_symlink", "B00-00000001-etcpasswd.amlb", inbox, None, {"bad_input"})
     log(f"# flow: attack run with {len(cases)} attack files + {len(honest0)} honest batches", flush=True)
     t0 = time.monotonic()
     rc, err = runner.run("attack", con.enclave_dir, inbox, outbox)
