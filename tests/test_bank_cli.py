@@ -336,3 +336,35 @@ def test_open_notes_when_alerts_do_not_cover_the_latest_sealed_batch(world, caps
         assert main(open_args(world, world / f"{name}.jsonl", world / f"{name}.amla")) == 0
         err = capsys.readouterr().err
         assert ("do not cover your latest sealed batch" in err) == (name == "misses"), err
+
+
+def test_property_open_refuses_exactly_the_files_older_than_the_newest_opened(world):
+    """Any order of opens: a file opens iff its run is not older than every run opened before,
+    and the remembered run is the highest opened so far (never lowered)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from aml.bank.open import open_alerts
+    from aml.errors import StaleAlertsError
+
+    files = {s: write_alert_file(world, n=1, sequence=s) for s in range(1, 7)}
+    state = world / "keys" / "B01.opened.json"
+    policy = world / "bank" / "policy.json"
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.integers(1, 6), min_size=1, max_size=6))
+    def check(order):
+        state.unlink(missing_ok=True)
+        newest = 0
+        for s in order:
+            try:
+                open_alerts("B01", world / "keys" / "B01.key", world / "enc" / "attestation.json", [files[s]],
+                            world / "out.jsonl", policy=policy, allow_simulated=True)
+                opened = True
+            except StaleAlertsError:
+                opened = False
+            assert opened == (s >= newest)
+            newest = max(newest, s)
+            assert json.loads(state.read_text())["enclaves"].popitem()[1]["sequence"] == newest
+
+    check()
