@@ -368,3 +368,9 @@ def test_property_open_refuses_exactly_the_files_older_than_the_newest_opened(wo
             assert json.loads(state.read_text())["enclaves"].popitem()[1]["sequence"] == newest
 
     check()
+
+
+def test_a_damaged_opened_state_file_is_a_clear_error(world, capsys):
+    (world / "keys" / "B01.opened.json").write_text('{"format": "aml-opened/1", "enclaves": {"k": {"sequence": "9"}}}')
+    assert main(open_args(world, world / "a.jsonl", write_alert_file(world))) == 2
+    assert "B01.opened.json" in capsys.readouterr().err and not (world / "a.jsonl").exists()

@@ -118,7 +118,9 @@ def open_alerts(bank: str, key: Path, attestation: Path, sealed: list[Path], out
     key_id = PublicKeys.from_raw(enclave.x25519_public, enclave.ed25519_public, ENCLAVE).key_id
     state_path = opened_state_path(key, bank)
     state = read_state(state_path, OPENED_FORMAT)
-    if state is not None and not isinstance(state.get("enclaves"), dict):
+    enclaves = (state or {}).get("enclaves", {})
+    if not isinstance(enclaves, dict) or not all(
+            isinstance(v, dict) and type(v.get("sequence")) is int for v in enclaves.values()):
         raise BadInputError(f"state file '{state_path}' is not an {OPENED_FORMAT} document")
 
     tables, headers = [], []
