@@ -84,7 +84,7 @@ def _cmd_seal(a: argparse.Namespace) -> int:
 
     out = seal(
         bank=a.bank, key=Path(a.key), attestation=Path(a.attestation), file=Path(a.file),
-        inbox=Path(a.out), policy=Path(a.policy) if a.policy else None,
+        inbox=Path(a.out), policy=Path(a.policy), allow_simulated=a.allow_simulated,
         sequence=a.sequence, expires_hours=a.expires_hours,
     )
     print(f"sealed {out}")
@@ -97,7 +97,7 @@ def _cmd_open(a: argparse.Namespace) -> int:
     n = open_alerts(
         bank=a.bank, key=Path(a.key), attestation=Path(a.attestation),
         sealed=[Path(p) for p in a.sealed], out=Path(a.out),
-        policy=Path(a.policy) if a.policy else None, show=a.show,
+        policy=Path(a.policy), allow_simulated=a.allow_simulated, allow_older=a.allow_older, show=a.show,
     )
     print(f"wrote {n} alerts to {a.out}")
     return 0
@@ -127,6 +127,13 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
     from aml.evaluate import evaluate_command
 
     return evaluate_command(a)
+
+
+def _policy_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--policy", required=True, metavar="POLICY",
+                   help="the bank's own pinned copy of the policy (not the one in the attestation's folder)")
+    s.add_argument("--allow-simulated", action="store_true",
+                   help="accept a SIMULATED (development, not confidential) attestation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bank", required=True, metavar="ID")
     s.add_argument("--key", required=True, metavar="KEYDIR/ID.key")
     s.add_argument("--attestation", required=True, metavar="ATT")
-    s.add_argument("--policy", default=None,
-                   help="the bank's pinned policy (default: policy.json beside ATT)")
+    _policy_args(s)
     s.add_argument("--sequence", type=int, default=None,
                    help="per-bank sequence number (default: last used + 1, kept beside the key)")
     s.add_argument("--expires-hours", type=float, default=72.0)
@@ -207,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bank", required=True, metavar="ID")
     s.add_argument("--key", required=True, metavar="KEYDIR/ID.key")
     s.add_argument("--attestation", required=True, metavar="ATT")
-    s.add_argument("--policy", default=None)
+    _policy_args(s)
+    s.add_argument("--allow-older", action="store_true",
+                   help="open an alert file older than one already opened from this enclave (normally refused)")
     s.add_argument("--show", action="store_true", help="also print the alerts")
     s.add_argument("sealed", nargs="+", metavar="SEALED")
     s.add_argument("--out", required=True, metavar="ALERTS")

@@ -41,8 +41,20 @@ def unlabel_recent(table, days: float = NEW_DAYS):
     return table.set_column(table.schema.get_field_index("label"), "label", label)
 
 
+def pin_policy(enclave_dir: Path, bank_dir: Path) -> Path:
+    """A bank's pinned copy of the policy `aml enclave init` wrote: bank_dir/policy.json.
+
+    What a real bank does once, by hand, after reviewing the file (docs/bank-guide.md); `aml seal`
+    and `aml open` refuse the operator's copy beside the attestation."""
+    bank_dir.mkdir(parents=True, exist_ok=True)
+    dest = bank_dir / "policy.json"
+    shutil.copyfile(Path(enclave_dir) / "policy.json", dest)
+    return dest
+
+
 def prepare_consortium(table, members: list[str], workdir: Path) -> dict[str, Path]:
-    """Keys, enclave, one sealed batch per member bank in workdir/inbox. Returns the paths."""
+    """Keys, enclave, each bank's pinned policy (banks/<bank>/policy.json), one sealed batch per
+    member bank in workdir/inbox. Returns the paths."""
     import pyarrow.parquet as pq
 
     from aml.bank.keygen import keygen
@@ -59,8 +71,10 @@ def prepare_consortium(table, members: list[str], workdir: Path) -> dict[str, Pa
     for bank, part in split_table(table, members).items():
         batch = paths["banks"] / f"{bank}.parquet"
         pq.write_table(part, batch)
+        policy = pin_policy(paths["enclave"], paths["banks"] / bank)
+        # The demo enclave is simulated: each bank accepts that explicitly (loud warning on stderr).
         seal(bank=bank, key=paths["keys"] / f"{bank}.key", attestation=paths["enclave"] / "attestation.json",
-             file=batch, inbox=paths["inbox"])
+             file=batch, inbox=paths["inbox"], policy=policy, allow_simulated=True)
     return paths
 
 
@@ -98,7 +112,8 @@ def run_demo(workdir: Path | None = None) -> int:
         sealed = sorted((paths["outbox"] / bank).glob("*.amla"))
         out = paths["alerts"] / f"{bank}.parquet"
         n = open_alerts(bank=bank, key=paths["keys"] / f"{bank}.key",
-                        attestation=paths["enclave"] / "attestation.json", sealed=sealed, out=out)
+                        attestation=paths["enclave"] / "attestation.json", sealed=sealed, out=out,
+                        policy=paths["banks"] / bank / "policy.json", allow_simulated=True)
         alerts = pq.read_table(out) if n else None
         patterns = Counter(alerts.column("pattern").to_pylist()) if n else Counter()
         detail = ", ".join(f"{p} {k}" for p, k in sorted(patterns.items())) or "none"

@@ -90,6 +90,12 @@ class ReplayError(VerificationError):
     code = "replay"
 
 
+class StaleAlertsError(ReplayError):
+    """An alert file is older than one the bank already opened from the same enclave (replayed)."""
+
+    code = "stale_alerts"
+
+
 class MembershipError(VerificationError):
     code = "not_a_member"
 

@@ -284,7 +284,7 @@ def _deliveries(con: Consortium, outbox: Path, ledger: dict, honest: list[dict],
             continue
         out = work / "opened" / f"{item['bank']}-{recs[0]['run_id']}.jsonl"
         rc, _, err = cli("open", "--bank", item["bank"], "--key", con.key_path(item["bank"]),
-                         "--attestation", con.attestation, alert, "--out", out)
+                         *con.bank_args(), "--allow-older", alert, "--out", out)
         if rc:
             problems.append(f"honest {item['bank']}: aml open failed: {err.strip()[-120:]}")
     return not problems, problems
@@ -298,8 +298,8 @@ def open_alert_sets(con: Consortium, outbox: Path, dest: Path) -> dict[str, set]
         alerts: set = set()
         if files:
             path = dest / f"{bank}.jsonl"
-            rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), "--attestation",
-                             con.attestation, *files, "--out", path)
+            rc, _, err = cli("open", "--bank", bank, "--key", con.key_path(bank), *con.bank_args(),
+                             "--allow-older", *files, "--out", path)
             if rc:
                 raise RuntimeError(f"aml open failed for {bank}: {err.strip()}")
             for line in path.read_text().splitlines():
@@ -344,6 +344,16 @@ def _flow_runs(con, nights, first, stale, work, rng, quick, canary, runner: Runn
     cases = _attack_cases(con, nights.nights[0][banks[0]], rng, canary, stale)
     for cls, name, data, expected in cases:
         sub.add(cls, name, inbox, data, expected)
+    # Issue 14, finding 11: links in the inbox are never followed, even to a genuine batch.
+    outside = work / "flow" / "outside_inbox"
+    outside.mkdir(parents=True, exist_ok=True)
+    table = nights.nights[0][banks[1]]
+    name, data = con.craft(banks[1], 60_000, table_to_parquet(table, TRANSACTION_SCHEMA), table.num_rows)
+    (outside / name).write_bytes(data)
+    (inbox / name).symlink_to(outside / name)
+    sub.add("inbox_symlink", name, inbox, None, {"bad_input"})
+    (inbox / "B00-00000001-etcpasswd.amlb").symlink_to("/etc/passwd")
+    sub.add("inbox_symlink", "B00-00000001-etcpasswd.amlb", inbox, None, {"bad_input"})
     log(f"# flow: attack run with {len(cases)} attack files + {len(honest0)} honest batches", flush=True)
     t0 = time.monotonic()
     rc, err = runner.run("attack", con.enclave_dir, inbox, outbox)
@@ -459,8 +469,12 @@ def _crash_template(con: Consortium, first: dict[str, Path], root: Path) -> tupl
         raise RuntimeError(f"enclave init failed: {err.strip()}")
     ids = []
     for bank in con.banks:
-        rc, out, err = cli("seal", "--bank", bank, "--key", con.key_path(bank), "--attestation",
-                           enclave / "attestation.json", "--sequence", "1", first[bank], "--out", inbox)
+        pinned = root / "bank-policy" / "policy.json"  # the banks' pinned copy of this enclave's policy
+        pinned.parent.mkdir(parents=True, exist_ok=True)
+        pinned.write_bytes((enclave / "policy.json").read_bytes())
+        rc, out, err = cli("seal", "--bank", bank, "--key", con.key_path(bank),
+                           *con.bank_args(enclave / "attestation.json", pinned), "--sequence", "1", first[bank],
+                           "--out", inbox)
         if rc:
             raise RuntimeError(f"aml seal failed: {err.strip()}")
         ids.append(read_header(Path(out.strip().split("sealed ", 1)[1])).batch_id)

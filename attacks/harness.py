@@ -74,10 +74,13 @@ class Consortium:
         self.init_enclave()
 
     def init_enclave(self, force: bool = False) -> None:
+        """(Re-)initialise the enclave; the banks then review and pin its new policy (`bank_policy`)."""
         args = ["enclave", "init", "--dir", self.enclave_dir, "--members", self.keys_dir]
         code, _, err = cli(*args, *(["--force"] if force else []))
         if code:
             raise RuntimeError(f"enclave init failed: {err.strip()}")
+        self.bank_policy.parent.mkdir(parents=True, exist_ok=True)
+        self.bank_policy.write_bytes(self.policy.read_bytes())
 
     @property
     def attestation(self) -> Path:
@@ -85,7 +88,18 @@ class Consortium:
 
     @property
     def policy(self) -> Path:
+        """The operator's published copy, beside the attestation (`aml seal` refuses it)."""
         return self.enclave_dir / "policy.json"
+
+    @property
+    def bank_policy(self) -> Path:
+        """The banks' pinned copy, in a bank-local folder."""
+        return self.root / "bank-policy" / "policy.json"
+
+    def bank_args(self, attestation: Path | None = None, policy: Path | None = None) -> list:
+        """`--attestation ATT --policy POLICY --allow-simulated` as a bank passes them (simulated enclave)."""
+        return ["--attestation", attestation or self.attestation, "--policy", policy or self.bank_policy,
+                "--allow-simulated"]
 
     def key_path(self, bank: str) -> Path:
         return self.keys_dir / f"{bank}.key"
@@ -111,10 +125,8 @@ class Consortium:
     def seal_cli(self, bank: str, file: Path, inbox: Path, sequence: int, attestation: Path | None = None,
                  policy: Path | None = None, expires_hours: float | None = None) -> Path:
         """Seal like a bank does: `aml seal`. Returns the sealed file's path."""
-        args = ["seal", "--bank", bank, "--key", self.key_path(bank), "--attestation",
-                attestation or self.attestation, "--sequence", str(sequence), file, "--out", inbox]
-        if policy:
-            args += ["--policy", policy]
+        args = ["seal", "--bank", bank, "--key", self.key_path(bank), *self.bank_args(attestation, policy),
+                "--sequence", str(sequence), file, "--out", inbox]
         if expires_hours is not None:
             args += ["--expires-hours", repr(expires_hours)]
         code, out, err = cli(*args)

@@ -176,7 +176,8 @@ def _seal_one(bank: str, p: dict) -> None:
 
     with contextlib.redirect_stderr(io.StringIO()):  # the SIMULATED-attestation warning, once per bank
         seal(bank=bank, key=p["keys"] / f"{bank}.key", attestation=p["enclave"] / "attestation.json",
-             file=p["banks"] / f"{bank}.parquet", inbox=p["inbox"])
+             file=p["banks"] / f"{bank}.parquet", inbox=p["inbox"], policy=p["banks"] / "policy.json",
+             allow_simulated=True)
 
 
 def _open_one(bank: str, p: dict) -> int:
@@ -185,7 +186,8 @@ def _open_one(bank: str, p: dict) -> int:
     sealed = sorted((p["outbox"] / bank).glob("*.amla"))
     with contextlib.redirect_stderr(io.StringIO()):
         return open_alerts(bank=bank, key=p["keys"] / f"{bank}.key", attestation=p["enclave"] / "attestation.json",
-                           sealed=sealed, out=p["alerts"] / f"{bank}.parquet")
+                           sealed=sealed, out=p["alerts"] / f"{bank}.parquet", policy=p["banks"] / "policy.json",
+                           allow_simulated=True)
 
 
 def _per_bank(fn, members: list[str], p: dict) -> list:
@@ -204,7 +206,7 @@ def bench_size(size: int, work: Path, threads: int, seed: int, gfp: bool, prefec
     import aml.bank.open  # noqa: F401  (imported before the bank processes fork: they inherit it)
     import aml.bank.seal  # noqa: F401
     from aml.bank.keygen import keygen
-    from aml.demo import unlabel_recent
+    from aml.demo import pin_policy, unlabel_recent
     from aml.enclave.identity import init_enclave
     from aml.split import choose_members, split_table
 
@@ -225,6 +227,7 @@ def bench_size(size: int, work: Path, threads: int, seed: int, gfp: bool, prefec
     for bank in members:
         keygen(bank, p["keys"])
     init_enclave(p["enclave"], p["keys"])
+    pin_policy(p["enclave"], p["banks"])  # the banks' pinned copy of the policy
 
     t = time.perf_counter()
     parts = split_table(table, members)

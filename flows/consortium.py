@@ -34,7 +34,7 @@ from aml.enclave.runner import EnclaveTaskRunner
 from aml.enclave.tasks import detect_and_seal, unseal_batch
 from aml.enclave.workarea import remove_stale_work_areas, work_area
 from aml.errors import (
-    AmlError, ConfigError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError, ReplayError,
+    AmlError, BadInputError, ConfigError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError, ReplayError,
 )
 from aml.ledger import BatchRecord, Ledger, run_lock, state_dir
 from aml.crypto.digest import sha256_file
@@ -136,6 +136,13 @@ def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
     out: list[Candidate] = []
     with Ledger(edir) as ledger:
         for path in sorted(inbox_dir.glob(f"*{BATCH_SUFFIX}")):
+            if path.is_symlink():  # never followed: it could point at any file the flow can read
+                c = Candidate(file=path.name, sha256="")
+                out.append(c)
+                exc = BadInputError("the inbox entry is a symbolic link; links are not followed")
+                ledger.record_rejection(c.file, c.sha256, None, exc.code)
+                _quarantine(inbox_dir, c, exc)
+                continue
             if not path.is_file():
                 continue
             c = Candidate(file=path.name, sha256=sha256_file(path))

@@ -113,10 +113,17 @@ def small_table():
     return unlabel_recent(t.filter(pc.greater(t["timestamp"], cutoff)), 1.5)
 
 
+def bank_policy_args(p: dict[str, Path]) -> list:
+    """`--attestation ... --policy ... --allow-simulated` for `aml seal` / `aml open` in a test consortium."""
+    return ["--attestation", p["enclave"] / "attestation.json", "--policy", p["banks"] / "policy.json",
+            "--allow-simulated"]
+
+
 def build_consortium(table, workdir: Path, banks: list[str] = E2E_BANKS) -> dict[str, Path]:
     """Bank keys, an initialised enclave and one sealed batch per bank, all through the CLI."""
     import pyarrow.parquet as pq
 
+    from aml.demo import pin_policy
     from aml.split import split_table
 
     p = {n: workdir / n for n in ("keys", "banks", "enclave", "inbox", "outbox", "alerts")}
@@ -127,11 +134,11 @@ def build_consortium(table, workdir: Path, banks: list[str] = E2E_BANKS) -> dict
         assert r.returncode == 0, r.stderr
     r = aml_cli("enclave", "init", "--dir", p["enclave"], "--members", p["keys"])
     assert r.returncode == 0, r.stderr
+    pin_policy(p["enclave"], p["banks"])  # the banks' pinned copy, banks/policy.json (one for all in tests)
     for bank, part in split_table(table, banks).items():
         pq.write_table(part, p["banks"] / f"{bank}.parquet")
-        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
-                    "--attestation", p["enclave"] / "attestation.json", p["banks"] / f"{bank}.parquet",
-                    "--out", p["inbox"])
+        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key", *bank_policy_args(p),
+                    p["banks"] / f"{bank}.parquet", "--out", p["inbox"])
         assert r.returncode == 0, r.stderr
     return p
 
@@ -145,8 +152,8 @@ def open_all(p: dict[str, Path], banks: list[str] = E2E_BANKS) -> dict:
         sealed = sorted((p["outbox"] / bank).glob("*.amla"))
         assert sealed, f"no alert file for {bank}"
         dest = p["alerts"] / f"{bank}.parquet"
-        r = aml_cli("open", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
-                    "--attestation", p["enclave"] / "attestation.json", *sealed, "--out", dest)
+        r = aml_cli("open", "--bank", bank, "--key", p["keys"] / f"{bank}.key", *bank_policy_args(p),
+                    *sealed, "--out", dest)
         assert r.returncode == 0, r.stderr
         out[bank] = pq.read_table(dest).to_pylist()
     return out

@@ -50,20 +50,26 @@ def world(tmp_path, monkeypatch):
     for bank in ("B01", "B02"):
         assert main(["keygen", "--bank", bank, "--out", str(keys)]) == 0
     assert main(["enclave", "init", "--dir", str(tmp_path / "enc"), "--members", str(keys)]) == 0
+    (tmp_path / "bank").mkdir()  # the banks' own folder: their pinned copy of the policy
+    (tmp_path / "bank" / "policy.json").write_bytes((tmp_path / "enc" / "policy.json").read_bytes())
     batch = tmp_path / "b01.parquet"
     pq.write_table(transactions(), batch)
     return tmp_path
 
 
-def seal_args(w, bank="B01", *extra):
-    return ["seal", "--bank", bank, "--key", str(w / "keys" / f"{bank}.key"),
-            "--attestation", str(w / "enc" / "attestation.json"), str(w / "b01.parquet"),
-            "--out", str(w / "inbox"), *extra]
+def policy_args(w, policy=None, simulated=True):
+    return ["--attestation", str(w / "enc" / "attestation.json"), "--policy", str(policy or w / "bank" / "policy.json"),
+            *(["--allow-simulated"] if simulated else [])]
 
 
-def open_args(w, out, *sealed, bank="B01"):
-    return ["open", "--bank", bank, "--key", str(w / "keys" / f"{bank}.key"),
-            "--attestation", str(w / "enc" / "attestation.json"), *map(str, sealed), "--out", str(out)]
+def seal_args(w, bank="B01", *extra, policy=None, simulated=True):
+    return ["seal", "--bank", bank, "--key", str(w / "keys" / f"{bank}.key"), *policy_args(w, policy, simulated),
+            str(w / "b01.parquet"), "--out", str(w / "inbox"), *extra]
+
+
+def open_args(w, out, *sealed, bank="B01", policy=None, simulated=True):
+    return ["open", "--bank", bank, "--key", str(w / "keys" / f"{bank}.key"), *policy_args(w, policy, simulated),
+            *map(str, sealed), "--out", str(out)]
 
 
 def write_alert_file(w, bank="B01", n=2, sequence=1):
@@ -96,7 +102,7 @@ def test_seal_refuses_attestation_outside_policy(world, capsys):
     doc["allowed_measurements"] = ["cd" * 32]
     pinned = world / "pinned.json"
     pinned.write_text(json.dumps(doc))
-    assert main(seal_args(world, "B01", "--policy", str(pinned))) == 3
+    assert main(seal_args(world, "B01", policy=pinned)) == 3
     err = capsys.readouterr().err
     assert "attestation" in err and "cd" * 32 in err
     assert not (world / "inbox").exists()
@@ -228,3 +234,143 @@ def test_alert_header_hides_the_alert_count(world):
 
     headers = [read_header(write_alert_file(world, n=n, sequence=n + 1)) for n in (0, 3, 12)]
     assert [h.row_count for h in headers] == [0, 0, 0]
+
+
+# --- issue 14, finding 2: the bank's own pinned policy, never the operator's -----------------------
+def test_seal_and_open_require_a_policy(world, capsys):
+    argv = ["seal", "--bank", "B01", "--key", str(world / "keys" / "B01.key"), "--attestation",
+            str(world / "enc" / "attestation.json"), "--allow-simulated", str(world / "b01.parquet"),
+            "--out", str(world / "inbox")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "--policy" in capsys.readouterr().err
+    assert not (world / "inbox").exists()
+    with pytest.raises(SystemExit):
+        main(["open", "--bank", "B01", "--key", str(world / "keys" / "B01.key"), "--attestation",
+              str(world / "enc" / "attestation.json"), str(write_alert_file(world)), "--out", str(world / "a.jsonl")])
+    assert not (world / "a.jsonl").exists()
+
+
+@pytest.mark.parametrize("how", ["same_file", "symlink_to_it", "copy_beside_it"])
+def test_policy_in_the_attestations_folder_is_refused(world, capsys, how):
+    operator_copy = world / "enc" / "policy.json"
+    if how == "same_file":
+        policy = operator_copy
+    elif how == "symlink_to_it":  # a bank-local name that points into the operator's folder
+        policy = world / "bank" / "link.json"
+        policy.symlink_to(operator_copy)
+    else:
+        policy = world / "enc" / "bank-copy.json"
+        policy.write_bytes(operator_copy.read_bytes())
+    assert main(seal_args(world, policy=policy)) == 2
+    err = capsys.readouterr().err
+    assert "config" in err and "attestation's own folder" in err
+    assert not (world / "inbox").exists()
+    out = world / "a.jsonl"
+    assert main(open_args(world, out, write_alert_file(world), policy=policy)) == 2
+    assert "attestation's own folder" in capsys.readouterr().err and not out.exists()
+
+
+def test_operator_reinitialised_enclave_is_refused_by_the_pinned_policy(world, capsys):
+    """The review's scenario: the operator re-runs `aml enclave init`, publishing a new attestation
+    and policy for its own keys; a bank with a pinned policy seals nothing to them."""
+    assert main(["enclave", "init", "--dir", str(world / "enc"), "--members", str(world / "keys"), "--force"]) == 0
+    assert main(seal_args(world)) == 3
+    assert "attestation" in capsys.readouterr().err
+    assert not (world / "inbox").exists()
+
+
+def test_simulated_attestation_needs_allow_simulated(world, capsys):
+    assert main(seal_args(world, simulated=False)) == 3
+    err = capsys.readouterr().err
+    assert "attestation" in err and "SIMULATED" in err and "--allow-simulated" in err
+    assert not (world / "inbox").exists()
+    out = world / "a.jsonl"
+    assert main(open_args(world, out, write_alert_file(world), simulated=False)) == 3
+    assert not out.exists()
+    assert main(seal_args(world)) == 0
+    assert "WARNING: SIMULATED" in capsys.readouterr().err
+
+
+# --- issue 14, finding 10: old alert files handed over again are refused -------------------------
+def test_older_alert_file_is_refused_after_a_newer_one(world, capsys):
+    old, new = write_alert_file(world, n=1, sequence=3), write_alert_file(world, n=2, sequence=4)
+    assert main(open_args(world, world / "new.jsonl", new)) == 0
+    state = json.loads((world / "keys" / "B01.opened.json").read_text())
+    assert [v["sequence"] for v in state["enclaves"].values()] == [4]
+    assert main(open_args(world, world / "again.jsonl", new)) == 0  # the same file again: fine
+    capsys.readouterr()
+    out = world / "old.jsonl"
+    assert main(open_args(world, out, old)) == 3
+    err = capsys.readouterr().err
+    assert "stale_alerts" in err and "run sequence 3" in err and "run 4" in err
+    assert not out.exists()
+    assert main(open_args(world, out, old) + ["--allow-older"]) == 0
+    assert "WARNING" in capsys.readouterr().err
+    state = json.loads((world / "keys" / "B01.opened.json").read_text())
+    assert [v["sequence"] for v in state["enclaves"].values()] == [4]  # never lowered
+
+
+def test_a_backlog_opened_together_is_fine_and_a_refused_open_records_nothing(world):
+    files = [write_alert_file(world, n=1, sequence=s) for s in (1, 2, 3)]
+    bad = world / "outbox" / "B01" / "bad.amla"
+    data = bytearray(write_alert_file(world, n=1, sequence=9).read_bytes())
+    data[len(data) // 2] ^= 1
+    bad.write_bytes(bytes(data))
+    assert main(open_args(world, world / "x.jsonl", files[0], bad)) == 3
+    assert not (world / "keys" / "B01.opened.json").exists()
+    assert main(open_args(world, world / "all.jsonl", *reversed(files))) == 0
+    assert len((world / "all.jsonl").read_text().splitlines()) == 3
+
+
+def test_open_notes_when_alerts_do_not_cover_the_latest_sealed_batch(world, capsys):
+    assert main(seal_args(world)) == 0
+    latest = json.loads((world / "keys" / "B01.sealed.json").read_text())
+    assert latest["sequence"] == 1 and latest["batch_id"] in next((world / "inbox").glob("*.amlb")).name
+    members, keys = load_members(world / "enc"), load_enclave_keys(world / "enc")
+    for name, batches in (("covers", [latest["batch_id"], "other"]), ("misses", ["older-batch"])):
+        data = seal_alerts(alerts("B01", 1), "B01", members["B01"], keys, run_id="r" + name, sequence=5,
+                           provenance={"run_id": "r" + name, "batches": batches})
+        (world / f"{name}.amla").write_bytes(data)
+        capsys.readouterr()
+        assert main(open_args(world, world / f"{name}.jsonl", world / f"{name}.amla")) == 0
+        err = capsys.readouterr().err
+        assert ("do not cover your latest sealed batch" in err) == (name == "misses"), err
+
+
+def test_property_open_refuses_exactly_the_files_older_than_the_newest_opened(world):
+    """Any order of opens: a file opens iff its run is not older than every run opened before,
+    and the remembered run is the highest opened so far (never lowered)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from aml.bank.open import open_alerts
+    from aml.errors import StaleAlertsError
+
+    files = {s: write_alert_file(world, n=1, sequence=s) for s in range(1, 7)}
+    state = world / "keys" / "B01.opened.json"
+    policy = world / "bank" / "policy.json"
+
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.integers(1, 6), min_size=1, max_size=6))
+    def check(order):
+        state.unlink(missing_ok=True)
+        newest = 0
+        for s in order:
+            try:
+                open_alerts("B01", world / "keys" / "B01.key", world / "enc" / "attestation.json", [files[s]],
+                            world / "out.jsonl", policy=policy, allow_simulated=True)
+                opened = True
+            except StaleAlertsError:
+                opened = False
+            assert opened == (s >= newest)
+            newest = max(newest, s)
+            assert json.loads(state.read_text())["enclaves"].popitem()[1]["sequence"] == newest
+
+    check()
+
+
+def test_a_damaged_opened_state_file_is_a_clear_error(world, capsys):
+    (world / "keys" / "B01.opened.json").write_text('{"format": "aml-opened/1", "enclaves": {"k": {"sequence": "9"}}}')
+    assert main(open_args(world, world / "a.jsonl", write_alert_file(world))) == 2
+    assert "B01.opened.json" in capsys.readouterr().err and not (world / "a.jsonl").exists()

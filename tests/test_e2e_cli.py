@@ -12,7 +12,7 @@ import sqlite3
 
 import pytest
 
-from conftest import E2E_BANKS, aml_cli, build_consortium, open_all
+from conftest import E2E_BANKS, aml_cli, bank_policy_args, build_consortium, open_all
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _seal_payload(p, bank: str, sequence: int, payload: bytes):
     from aml.crypto.container import ENCLAVE, Header, seal_bytes
     from aml.crypto.keys import PublicKeys
 
-    enclave = verified_enclave(p["enclave"] / "attestation.json", None)
+    enclave = verified_enclave(p["enclave"] / "attestation.json", p["banks"] / "policy.json", allow_simulated=True)
     pair = load_member_key(bank, p["keys"] / f"{bank}.key", enclave)
     enclave_pub = PublicKeys.from_raw(enclave.x25519_public, enclave.ed25519_public, ENCLAVE)
     now = int(time.time())
@@ -88,6 +88,23 @@ def test_run_gives_each_bank_alerts_about_its_own_accounts_only(consortium, smal
     assert _ledger_batches(p) == 3
 
 
+def test_alert_provenance_is_exactly_what_the_format_doc_names(consortium):
+    """Issue 14, finding 11: docs/format.md named provenance fields the code never wrote."""
+    import re
+
+    from aml.crypto.container import read_header
+    from conftest import ROOT
+
+    row = next(line for line in (ROOT / "docs" / "format.md").read_text().splitlines()
+               if line.startswith("| `provenance` |"))
+    documented = set(re.findall(r"`([a-z_0-9]+)`", row.split("for alerts", 1)[1]))
+    p = consortium["p"]
+    for bank in E2E_BANKS:
+        header = read_header(next((p["outbox"] / bank).glob("*.amla")))
+        assert set(header.provenance) == documented
+        assert len(header.provenance["batches"]) == 3 == len(header.provenance["batch_sha256"])
+
+
 def test_second_run_on_the_same_inbox_counts_nothing_twice(consortium):
     p = consortium["p"]
     again = _run(p, consortium["env"])
@@ -102,9 +119,8 @@ def test_tampered_batch_is_quarantined_and_the_others_processed(consortium):
     p, env = consortium["p"], consortium["env"]
     sealed = {}
     for bank in ("B01", "B02"):
-        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
-                    "--attestation", p["enclave"] / "attestation.json", p["banks"] / f"{bank}.parquet",
-                    "--out", p["inbox"])
+        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key", *bank_policy_args(p),
+                    p["banks"] / f"{bank}.parquet", "--out", p["inbox"])
         assert r.returncode == 0, r.stderr
         sealed[bank] = sorted(p["inbox"].glob(f"{bank}-00000002-*.amlb"))[0]
     data = bytearray(sealed["B02"].read_bytes())

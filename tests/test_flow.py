@@ -206,8 +206,11 @@ def enclave(tmp_path):
 def _seal(e, bank="B01", sequence=None, expires_hours=72.0) -> Path:
     from aml.bank.seal import seal
 
+    from aml.demo import pin_policy
+
     return seal(bank=bank, key=e["keys"] / f"{bank}.key", attestation=e["enclave"] / "attestation.json",
-                file=e["batch"], inbox=e["inbox"], sequence=sequence, expires_hours=expires_hours)
+                file=e["batch"], inbox=e["inbox"], policy=pin_policy(e["enclave"], e["tmp"] / "bank"),
+                allow_simulated=True, sequence=sequence, expires_hours=expires_hours)
 
 
 def _verify(e) -> dict:
@@ -238,6 +241,30 @@ def test_inbox_checks_accept_good_batches_and_quarantine_the_rest(enclave):
     assert (e["inbox"] / "quarantine" / "junk.amlb").is_file()
     assert _reason(e, "junk.amlb")["code"] == "format"
     assert not forged.exists() and _reason(e, forged.name)["code"] == "bad_signature"
+
+
+def test_inbox_symlinks_are_quarantined_not_followed(enclave):
+    """Issue 14, finding 11: a link in the inbox (to a genuine batch elsewhere, or to any file the
+    flow can read) is never opened; the link itself goes to quarantine with its reason."""
+    e = enclave
+    elsewhere = e["tmp"] / "elsewhere"
+    genuine = _seal(e, "B01", sequence=1)
+    elsewhere.mkdir()
+    target = elsewhere / genuine.name
+    genuine.rename(target)
+    link = e["inbox"] / genuine.name
+    link.symlink_to(target)
+    (e["inbox"] / "passwd.amlb").symlink_to("/etc/passwd")
+    honest = _seal(e, "B02", sequence=1)
+
+    out = _verify(e)
+    assert out[honest.name]["status"] == "accepted"
+    for name in (genuine.name, "passwd.amlb"):
+        assert out[name]["status"] == "rejected" and out[name]["code"] == "bad_input"
+        assert "symbolic link" in _reason(e, name)["message"]
+        moved = e["inbox"] / "quarantine" / name
+        assert moved.is_symlink() and not (e["inbox"] / name).exists()
+    assert target.is_file()  # the file the link pointed at is left alone
 
 
 def test_inbox_checks_skip_processed_batches_and_refuse_lower_sequences(enclave):

@@ -34,15 +34,28 @@ def _key():
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def _usage(signer: bool) -> x509.KeyUsage:
+    flags = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+                           "encipher_only", "decipher_only"), False)
+    return x509.KeyUsage(digital_signature=signer, key_cert_sign=not signer, crl_sign=not signer, **flags)
+
+
 def _cert(subject_key, cn, issuer_key=None, issuer_cert=None, ca=True, not_before=NOW - DAY,
-          not_after=NOW + 365 * DAY):
+          not_after=NOW + 365 * DAY, key_usage="default", extra=()):
+    """A certificate; by default a CA gets keyCertSign and a non-CA (the signer) digitalSignature."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     issuer = issuer_cert.subject if issuer_cert is not None else subject
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-            .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(not_before).not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .sign(issuer_key or subject_key, hashes.SHA256()))
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+               .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if key_usage == "default":
+        key_usage = _usage(signer=not ca)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    for ext in extra:
+        builder = builder.add_extension(ext, critical=False)
+    return builder.sign(issuer_key or subject_key, hashes.SHA256())
 
 
 def _pem(cert) -> str:
@@ -90,6 +103,7 @@ class World:
             "membership_hash": self.statement["membership_hash"],
             "trust": {
                 "root_ca_pem": _pem(ROOT),
+                "signer_subject": "CN=Test HPCR attestation",
                 "attestation_public_key": self.att_key.public_key().public_bytes(
                     serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex(),
                 "expected_checksums": {"contract:workload": WORKLOAD_HASH, "contract:env": ENV_HASH},
@@ -138,7 +152,7 @@ def test_tampered_checksum_line_is_rejected(world: World):
 def test_wrong_root_is_rejected(world: World):
     policy = copy.deepcopy(world.policy)
     policy["trust"]["root_ca_pem"] = _pem(_cert(_key(), "Some Other Root"))
-    with pytest.raises(AttestationError, match="does not lead to the pinned root"):
+    with pytest.raises(AttestationError, match="does not verify to the pinned root 'Some Other Root'"):
         world.verify(policy=policy)
 
 
@@ -146,7 +160,7 @@ def test_expired_signer_certificate_is_rejected(world: World):
     expired = _cert(SIGNER_KEY, "Old HPCR attestation", INTER_KEY, INTER, ca=False,
                     not_before=NOW - 400 * DAY, not_after=NOW - DAY)
     world.document["evidence"]["cert_chain"][0] = _pem(expired)
-    with pytest.raises(AttestationError, match="attestation signing certificate 'Old HPCR attestation' expired"):
+    with pytest.raises(AttestationError, match="certificate 'Old HPCR attestation' is valid .* not now"):
         world.verify()
 
 
@@ -154,14 +168,14 @@ def test_expired_root_is_rejected(world: World):
     old_root = _cert(ROOT_KEY, "Test IBM Root", not_before=NOW - 400 * DAY, not_after=NOW - DAY)
     policy = copy.deepcopy(world.policy)
     policy["trust"]["root_ca_pem"] = _pem(old_root)
-    with pytest.raises(AttestationError, match="root certificate .* expired"):
+    with pytest.raises(AttestationError, match="certificate 'Test IBM Root' is valid .* not now"):
         world.verify(policy=policy)
 
 
 def test_intermediate_that_is_not_a_ca_is_rejected(world: World):
     fake_inter = _cert(INTER_KEY, "Test IBM Intermediate", ROOT_KEY, ROOT, ca=False)
     world.document["evidence"]["cert_chain"][1] = _pem(fake_inter)
-    with pytest.raises(AttestationError, match="not a CA"):
+    with pytest.raises(AttestationError, match="basicConstraints.cA must be asserted"):
         world.verify()
 
 
@@ -169,8 +183,58 @@ def test_signer_certificate_issued_by_someone_else_is_rejected(world: World):
     rogue_key = _key()
     rogue = _cert(SIGNER_KEY, "Test HPCR attestation", rogue_key, _cert(rogue_key, "Rogue CA"), ca=False)
     world.document["evidence"]["cert_chain"][0] = _pem(rogue)
-    with pytest.raises(AttestationError, match="is not signed by 'Test IBM Intermediate'"):
+    with pytest.raises(AttestationError, match="does not verify to the pinned root"):
         world.verify()
+
+
+# --- issue 14, finding 8: any certificate under the pinned root used to be accepted as the signer ---
+def _signed_by(world: World, cert, key) -> dict:
+    """The genuine record, signed with `key`, presented with `cert` as the signing certificate."""
+    return build_document(world.statement, world.att_key, world.record, _ibm_sign(world.record, key),
+                          [_pem(cert), _pem(INTER)])
+
+
+def test_a_tls_server_certificate_under_the_pinned_root_is_not_the_signer(world: World):
+    key = _key()
+    server = _cert(key, "www.attacker.example", INTER_KEY, INTER, ca=False, extra=(
+        x509.SubjectAlternativeName([x509.DNSName("www.attacker.example")]),
+        x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])))
+    with pytest.raises(AttestationError, match="subject 'CN=www.attacker.example' is not the pinned"):
+        world.verify(_signed_by(world, server, key))
+
+
+@pytest.mark.parametrize("case", ["no_key_usage", "key_cert_sign", "is_a_ca"])
+def test_signer_key_usage_is_pinned(world: World, case: str):
+    """Even with the pinned subject: the signer must be a digitalSignature end-entity certificate."""
+    key = _key()
+    if case == "no_key_usage":
+        cert = _cert(key, "Test HPCR attestation", INTER_KEY, INTER, ca=False, key_usage=None)
+        match = "missing required extension"
+    elif case == "key_cert_sign":
+        cert = _cert(key, "Test HPCR attestation", INTER_KEY, INTER, ca=False, key_usage=_usage(signer=False))
+        match = "lacks digitalSignature"
+    else:
+        cert = _cert(key, "Test HPCR attestation", INTER_KEY, INTER, ca=True, key_usage=_usage(signer=True))
+        match = "is a CA certificate"
+    with pytest.raises(AttestationError, match=match):
+        world.verify(_signed_by(world, cert, key))
+
+
+def test_the_root_itself_is_not_a_signer(world: World):
+    doc = build_document(world.statement, world.att_key, world.record, _ibm_sign(world.record, ROOT_KEY), [_pem(ROOT)])
+    with pytest.raises(AttestationError, match="no attestation signing certificate"):
+        world.verify(doc)
+
+
+@pytest.mark.parametrize("value", [None, "", "not a name", 42])
+def test_policy_must_pin_the_signer_subject(world: World, value):
+    policy = copy.deepcopy(world.policy)
+    if value is None:
+        del policy["trust"]["signer_subject"]
+    else:
+        policy["trust"]["signer_subject"] = value
+    with pytest.raises(AttestationError, match="signer_subject"):
+        world.verify(policy=policy)
 
 
 def test_wrong_workload_hash_is_rejected_naming_both_values(world: World):
@@ -339,3 +403,21 @@ def test_entrypoint_refuses_a_simulated_start_when_a_signing_key_is_set(tmp_path
     (hp / "se-signature.bin").unlink()
     with pytest.raises(AttestationError, match="se-signature.bin"):
         prepare(root, hp, env)
+
+
+def test_entrypoint_keeps_the_attestation_key_out_of_child_processes(monkeypatch):
+    """Issue 14, finding 11: the key is read once at start-up; the Prefect server, the enclave
+    workers and anything else started later must not inherit it."""
+    import subprocess
+    import sys
+
+    from aml.enclave.entrypoint import take_settings
+
+    monkeypatch.setenv("AML_ATTESTATION_SIGNING_KEY", "secret-b64")
+    monkeypatch.setenv("AML_CRON", "0 3 * * *")
+    settings = take_settings()
+    assert settings["AML_ATTESTATION_SIGNING_KEY"] == "secret-b64" and settings["AML_CRON"] == "0 3 * * *"
+    assert "AML_ATTESTATION_SIGNING_KEY" not in os.environ and os.environ["AML_CRON"] == "0 3 * * *"
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('AML_ATTESTATION_SIGNING_KEY'))"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == "None"

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import aml_cli, build_consortium, canary_hits
+from conftest import aml_cli, bank_policy_args, build_consortium, canary_hits
 
 pytestmark = pytest.mark.slow
 
@@ -87,9 +87,8 @@ def test_no_transaction_data_leaves_the_enclave(tmp_path, small_table, prefect_s
     outputs.append(ok)
 
     def seal_again(bank: str) -> Path:
-        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key",
-                    "--attestation", p["enclave"] / "attestation.json", p["banks"] / f"{bank}.parquet",
-                    "--out", p["inbox"])
+        r = aml_cli("seal", "--bank", bank, "--key", p["keys"] / f"{bank}.key", *bank_policy_args(p),
+                    p["banks"] / f"{bank}.parquet", "--out", p["inbox"])
         assert r.returncode == 0, r.stderr
         return Path(r.stdout.split()[-1])
 

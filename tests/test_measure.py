@@ -186,13 +186,16 @@ def test_seal_refuses_a_policy_pinned_to_an_older_measurement(tmp_path: Path):
         "txn_id,timestamp,src_bank,src_account,dst_bank,dst_account,amount,currency,"
         "amount_received,receiving_currency,payment_format,label\n"
         "t1,2026-01-01T00:00:00Z,bank-a,A1,bank-b,B1,100.0,USD,100.0,USD,Wire,\n")
+    policy_path = tmp_path / "bank-a" / "policy.json"  # the bank's pinned copy
+    policy_path.parent.mkdir()
+    policy_path.write_bytes((enclave / "policy.json").read_bytes())
     seal_args = ("seal", "--bank", "bank-a", "--key", str(keys / "bank-a.key"),
-                 "--attestation", str(enclave / "attestation.json"), str(batch), "--out", str(inbox))
+                 "--attestation", str(enclave / "attestation.json"), "--policy", str(policy_path),
+                 "--allow-simulated", str(batch), "--out", str(inbox))
     ok = _aml(*seal_args, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr  # the freshly pinned policy accepts
 
     old = hashlib.sha256(b"the tree as it was last release").hexdigest()
-    policy_path = enclave / "policy.json"
     policy = json.loads(policy_path.read_text())
     policy["allowed_measurements"] = [old]
     policy_path.write_text(json.dumps(policy))

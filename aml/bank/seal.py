@@ -6,6 +6,7 @@ the attestation behind that key has verified against the bank's pinned policy.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -15,18 +16,38 @@ from pathlib import Path
 from aml.crypto.attestation import AttestedEnclave, verify_attestation
 from aml.crypto.container import ENCLAVE, Header, seal_file, table_to_parquet
 from aml.crypto.keys import BankKeyPair, PublicKeys, check_bank_id, load_keypair
-from aml.errors import BadInputError, KeyFileError, MembershipError
+from aml.errors import AttestationError, BadInputError, ConfigError, KeyFileError, MembershipError
+
+SEALED_FORMAT = "aml-sealed/1"
 
 
-def default_policy(attestation: Path) -> Path:
-    """policy.json beside the attestation (a bank should pin its own copy and pass --policy)."""
-    return Path(attestation).with_name("policy.json")
+def check_pinned_policy(attestation: Path, policy: Path | None) -> Path:
+    """The bank's own pinned policy: required, and never the copy in the attestation's folder.
+
+    The operator publishes attestation.json and policy.json side by side; an operator who ran its
+    own `aml enclave init` publishes a policy that trusts its own key. A policy the bank pinned
+    (copied and reviewed once, kept in its own folder) is what makes the attestation check mean
+    anything, so the operator's folder is refused even when the two files are identical today."""
+    if policy is None:
+        raise ConfigError("--policy is required: pass the bank's own pinned copy of the policy "
+                          "(see docs/bank-guide.md, 'Pin the policy')")
+    policy, attestation = Path(policy), Path(attestation)
+    # resolve(): a symlink from the bank's folder into the operator's folder is refused too.
+    if policy.resolve().parent == attestation.resolve().parent:
+        raise ConfigError(f"policy '{policy}' sits in the attestation's own folder (the operator's copy); "
+                          "copy it once into a bank-local folder, review it, and pass that copy with --policy")
+    return policy
 
 
-def verified_enclave(attestation: Path, policy: Path | None) -> AttestedEnclave:
-    enclave = verify_attestation(Path(attestation), Path(policy) if policy else default_policy(attestation))
+def verified_enclave(attestation: Path, policy: Path | None, allow_simulated: bool = False) -> AttestedEnclave:
+    """The attestation verified against the bank's pinned policy; simulated only when allowed."""
+    enclave = verify_attestation(Path(attestation), check_pinned_policy(attestation, policy))
     if enclave.simulated:
-        print("aml: WARNING: SIMULATED attestation - development only, not confidential", file=sys.stderr)
+        if not allow_simulated:
+            raise AttestationError("the attestation is SIMULATED (development only, not confidential); "
+                                   "pass --allow-simulated to accept it for a test or demo consortium")
+        print("aml: WARNING: SIMULATED attestation accepted (--allow-simulated) - development only, "
+              "NOT confidential: the operator can read everything sealed to it", file=sys.stderr)
     return enclave
 
 
@@ -51,6 +72,25 @@ def _sequence_path(key: Path, bank: str) -> Path:
     return Path(key).parent / f"{bank}.seq"
 
 
+def latest_batch_path(key: Path, bank: str) -> Path:
+    """Beside the key: the bank's latest sealed batch (id, sequence, enclave key), which `aml open`
+    looks for in the alert files' provenance."""
+    return Path(key).parent / f"{bank}.sealed.json"
+
+
+def read_state(path: Path, fmt: str) -> dict | None:
+    """A bank-side state file (JSON object with "format": fmt), or None when there is none yet."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise BadInputError(f"state file '{path}' is unreadable or not JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise BadInputError(f"state file '{path}' is not an {fmt} document")
+    return doc
+
+
 def _last_sequence(path: Path) -> int:
     try:
         text = path.read_text().strip()
@@ -61,7 +101,7 @@ def _last_sequence(path: Path) -> int:
     return int(text)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -83,14 +123,14 @@ def _read_batch(file: Path, bank: str):
     return result.good
 
 
-def seal(bank: str, key: Path, attestation: Path, file: Path, inbox: Path, policy: Path | None = None,
-         sequence: int | None = None, expires_hours: float = 72.0) -> Path:
+def seal(bank: str, key: Path, attestation: Path, file: Path, inbox: Path, *, policy: Path,
+         allow_simulated: bool = False, sequence: int | None = None, expires_hours: float = 72.0) -> Path:
     """Seal FILE to the attested enclave as INBOX/<bank>-<sequence:08d>-<batch_id>.amlb."""
     from aml.schema import SCHEMA_VERSION, TRANSACTION_SCHEMA
 
     if not expires_hours > 0:
         raise BadInputError("--expires-hours must be positive")
-    enclave = verified_enclave(attestation, policy)
+    enclave = verified_enclave(attestation, policy, allow_simulated)
     pair = load_member_key(bank, key, enclave)
     seq_path = _sequence_path(key, bank)
     last = _last_sequence(seq_path)
@@ -116,5 +156,8 @@ def seal(bank: str, key: Path, attestation: Path, file: Path, inbox: Path, polic
     out = inbox / f"{bank}-{sequence:08d}-{header.batch_id}.amlb"
     seal_file(table_to_parquet(table, TRANSACTION_SCHEMA), out, header, enclave_keys, pair)
     if sequence > last:
-        _write_atomically(seq_path, f"{sequence}\n".encode())
+        write_atomically(seq_path, f"{sequence}\n".encode())
+        record = {"format": SEALED_FORMAT, "bank": bank, "sequence": sequence, "batch_id": header.batch_id,
+                  "created": now, "enclave_key_id": enclave_keys.key_id}
+        write_atomically(latest_batch_path(key, bank), (json.dumps(record, sort_keys=True) + "\n").encode())
     return out

@@ -24,7 +24,8 @@ Document evidence::
 
 Policy ``trust``::
 
-    {"root_ca_pem": PEM, "attestation_public_key": hex Ed25519,
+    {"root_ca_pem": PEM, "signer_subject": RFC 4514 subject of IBM's attestation signing certificate,
+     "attestation_public_key": hex Ed25519,
      "expected_checksums": {"contract:workload": hex, "contract:env": hex, ...more names optional}}
 """
 
@@ -37,6 +38,7 @@ import hashlib
 import re
 
 from cryptography import x509
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -50,6 +52,7 @@ from aml.errors import AttestationError
 NAME = "hyper-protect"
 STATEMENT_LABEL = b"aml-attestation/1 hyper-protect statement\x00"
 REQUIRED_CHECKSUMS = ("contract:workload", "contract:env")
+MAX_INTERMEDIATES = 4  # IBM's chain: root -> intermediate -> attestation certificate
 _CHECKSUM_LINE = re.compile(r"^([0-9a-fA-F]{64})\s+(\S.*?)\s*$")
 
 
@@ -89,46 +92,71 @@ def _cn(cert: x509.Certificate) -> str:
     return str(names[0].value)[:80] if names else cert.subject.rfc4514_string()[:80]
 
 
-def _check_validity(cert: x509.Certificate, now: dt.datetime, role: str) -> None:
-    if now < cert.not_valid_before_utc:
-        raise AttestationError(f"{role} certificate '{_cn(cert)}' is not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
-    if now > cert.not_valid_after_utc:
-        raise AttestationError(f"{role} certificate '{_cn(cert)}' expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+def _signer_key_usage(policy, cert: x509.Certificate, usage: x509.KeyUsage) -> None:
+    """The attestation signing certificate signs records: digitalSignature, and it is no CA."""
+    if not usage.digital_signature:
+        raise ValueError("the attestation signing certificate's key usage lacks digitalSignature")
+    if usage.key_cert_sign:
+        raise ValueError("the attestation signing certificate may not sign certificates (keyCertSign)")
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def _signer_not_ca(policy, cert: x509.Certificate, constraints: x509.BasicConstraints | None) -> None:
+    if constraints is not None and constraints.ca:
+        raise ValueError("the attestation signing certificate is a CA certificate")
+
+
+# IBM's attestation certificates are not TLS certificates (no SAN, no EKU), so the WebPKI
+# defaults do not fit; path building, signatures, validity dates, CA-ness of every issuer and
+# path length stay with the library. What we require of the signer instead: key usage
+# digitalSignature (not keyCertSign), not a CA; its subject is pinned by the policy.
+_CA_POLICY = ExtensionPolicy.permit_all().require_present(x509.BasicConstraints, Criticality.AGNOSTIC, None)
+_SIGNER_POLICY = (ExtensionPolicy.permit_all()
+                  .require_present(x509.KeyUsage, Criticality.AGNOSTIC, _signer_key_usage)
+                  .may_be_present(x509.BasicConstraints, Criticality.AGNOSTIC, _signer_not_ca))
+
+
+def _why_invalid(exc: VerificationError, certs: list[x509.Certificate], now: dt.datetime) -> str:
+    """The library's reason, with the certificate named when it is a validity-date failure."""
+    for cert in certs:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return (f"certificate '{_cn(cert)}' is valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                    f"{cert.not_valid_after_utc:%Y-%m-%d}, not now")
+    return " ".join(str(exc).split("(encountered", 1)[0].split())[:200]
+
+
+def pinned_signer_subject(trust: dict) -> x509.Name:
+    subject = trust.get("signer_subject")
     try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
+        name = x509.Name.from_rfc4514_string(subject) if isinstance(subject, str) and subject else None
+    except ValueError:
+        name = None
+    if name is None:
+        raise AttestationError("policy trust.signer_subject must name the attestation signing certificate's "
+                               "subject (RFC 4514, e.g. 'CN=...,O=International Business Machines Corporation')")
+    return name
 
 
-def verify_chain(chain: list[x509.Certificate], root: x509.Certificate, now: dt.datetime) -> x509.Certificate:
-    """Check signer -> intermediates -> the pinned root; returns the signer certificate.
-
-    Explicit rather than a TLS path builder: IBM's attestation certificates are not TLS
-    certificates (no SAN / EKU), and the chain is short and fixed."""
-    _check_validity(root, now, "root")
+def verify_chain(chain: list[x509.Certificate], root: x509.Certificate, now: dt.datetime,
+                 signer_subject: x509.Name) -> x509.Certificate:
+    """Signer (chain[0]) -> intermediates -> the pinned root, by cryptography's X.509 path
+    validation; then the signer's subject against the pinned one. Returns the signer."""
     root_der = root.public_bytes(serialization.Encoding.DER)
     path = [c for c in chain if c.public_bytes(serialization.Encoding.DER) != root_der]  # root optional
     if not path:
         raise AttestationError("certificate chain holds no attestation signing certificate")
-    for i, cert in enumerate(path):
-        role = "attestation signing" if i == 0 else "intermediate"
-        _check_validity(cert, now, role)
-        issuer = path[i + 1] if i + 1 < len(path) else root
-        issuer_role = "pinned root" if issuer is root else "intermediate"
-        if not _is_ca(issuer):
-            raise AttestationError(f"certificate chain: {issuer_role} '{_cn(issuer)}' is not a CA certificate")
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            if issuer is root:
-                raise AttestationError(
-                    f"certificate chain does not lead to the pinned root: '{_cn(cert)}' is not signed by '{_cn(root)}'"
-                ) from None
-            raise AttestationError(f"certificate chain: '{_cn(cert)}' is not signed by '{_cn(issuer)}'") from None
-    return path[0]
+    verifier = (PolicyBuilder().store(Store([root])).time(now).max_chain_depth(MAX_INTERMEDIATES)
+                .extension_policies(ca_policy=_CA_POLICY, ee_policy=_SIGNER_POLICY)
+                .build_client_verifier())
+    try:
+        verifier.verify(path[0], path[1:])
+    except VerificationError as exc:
+        raise AttestationError(f"certificate chain does not verify to the pinned root "
+                               f"'{_cn(root)}': {_why_invalid(exc, [*path, root], now)}") from None
+    signer = path[0]
+    if signer.subject != signer_subject:
+        raise AttestationError(f"attestation signing certificate subject '{signer.subject.rfc4514_string()[:160]}' "
+                               f"is not the pinned '{signer_subject.rfc4514_string()[:160]}'")
+    return signer
 
 
 def _hex32(value: object, what: str) -> bytes:
@@ -165,9 +193,10 @@ class HyperProtectVerifier:
         except ValueError:
             raise AttestationError("policy trust.root_ca_pem is not a PEM certificate") from None
         attestation_key = _hex32(trust.get("attestation_public_key"), "policy trust.attestation_public_key")
+        signer_subject = pinned_signer_subject(trust)
 
-        # 1. IBM's certificate chain up to the pinned root.
-        signer = verify_chain(_load_chain(evidence.get("cert_chain")), root, now)
+        # 1. IBM's certificate chain up to the pinned root, ending in the pinned signer.
+        signer = verify_chain(_load_chain(evidence.get("cert_chain")), root, now, signer_subject)
 
         # 2. IBM's signature over the attestation record.
         record = evidence.get("se_checksums")

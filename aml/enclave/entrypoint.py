@@ -103,8 +103,22 @@ def prepare(root: Path = DATA_ROOT, hyperprotect_dir: Path = HYPERPROTECT_DIR,
     return published
 
 
+# Needed once, at start-up, to sign this boot's statement; every process the enclave starts
+# afterwards (Prefect's server, the enclave workers, Dask workers) must not inherit it.
+START_UP_SECRETS = ("AML_ATTESTATION_SIGNING_KEY",)
+
+
+def take_settings(environ: dict = os.environ) -> dict[str, str]:
+    """A copy of the contract's settings, with the start-up secrets removed from `environ`
+    (the process environment), so no child process inherits them."""
+    settings = dict(environ)
+    for name in START_UP_SECRETS:
+        environ.pop(name, None)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
-    environ = os.environ
+    environ = take_settings()
     try:
         published = prepare(DATA_ROOT, HYPERPROTECT_DIR, environ)
         print(f"aml: enclave attestation published at {published}", file=sys.stderr)
