@@ -101,6 +101,7 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     Writes, in the work area: out/<bank>.amla (sealed, padded; one per member even when empty)
     and history.aes (the new history, encrypted). Returns their paths and hashes, the alert
     count per typology (totals over all banks, never per bank) and stage durations."""
+    from aml.detect.alerts import alert_key
     from aml.detect.config import DetectionConfig
     from aml.detect.pipeline import run_detection
     from aml.enclave.history import read_history, trim_to_window, write_history
@@ -142,10 +143,12 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     from aml.enclave.partitioned import DaskPartitionMap, dask_settings
 
     dask = dask_settings()
+    # Alert ids are a MAC under a key only this enclave identity holds (stable across reruns).
+    id_key = alert_key(keys.storage_key)
     if dask is None:
-        result = run_detection(in_window, config, members=sorted(members))
+        result = run_detection(in_window, config, members=sorted(members), alert_key=id_key)
     else:
-        result = run_detection(in_window, config, members=sorted(members),
+        result = run_detection(in_window, config, members=sorted(members), alert_key=id_key,
                                partitions=dask.partitions,
                                map_partitions=DaskPartitionMap(enclave_dir, work_dir, run_id, dask))
     n_alerts = sum(result.counts.values())
