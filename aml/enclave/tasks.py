@@ -105,7 +105,8 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     from aml.detect.config import DetectionConfig
     from aml.detect.pipeline import run_detection
     from aml.enclave.history import read_history, trim_to_window, write_history
-    from aml.enclave.identity import load_members, seal_alerts
+    from aml.enclave.alert_files import seal_run_alerts
+    from aml.enclave.identity import load_members
     from aml.enclave.merge import merge_batches
 
     logger = get_run_logger()
@@ -162,8 +163,10 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     out_dir.mkdir(mode=0o700, exist_ok=True)
     prov = dict(provenance, model_hash=result.model_hash, config_hash=result.config_hash)
     alerts = {}
-    for bank in sorted(members):
-        sealed = seal_alerts(result.alerts_for(bank), bank, members[bank], keys, run_id, run_sequence, prov)
+    # Every member's file the same size, so a size cannot tell who got alerts.
+    files = seal_run_alerts({bank: result.alerts_for(bank) for bank in members}, members, keys,
+                            run_id, run_sequence, prov)
+    for bank, sealed in sorted(files.items()):
         path = out_dir / f"{bank}.amla"
         path.write_bytes(sealed)
         alerts[bank] = {"path": str(path), "sha256": hashlib.sha256(sealed).hexdigest()}
