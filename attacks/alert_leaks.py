@@ -91,7 +91,8 @@ def foreign_details(alert: dict, own: dict[str, dict], foreign_ids: set[str], fo
 
 
 def alert_classes(con: Consortium, night: dict[str, pa.Table], outbox: Path, attack_run_id: str | None,
-                  run_ids: list[str]) -> list[ClassResult]:
+                  run_ids: list[str], figures: dict | None = None) -> list[ClassResult]:
+    """The two classes; `figures["alert_file_bytes"]` gets each run's distinct file sizes."""
     from aml.detect.config import DetectionConfig
 
     config = DetectionConfig.load()
@@ -125,4 +126,6 @@ def alert_classes(con: Consortium, night: dict[str, pa.Table], outbox: Path, att
             continue
         sizes.record(f"run {run_id[:12]}", f"sizes {sorted(set(per_bank.values()))}", "one size",
                      len(set(per_bank.values())) == 1)
+        if figures is not None:
+            figures.setdefault("alert_file_bytes", {})[run_id] = sorted(set(per_bank.values()))
     return [leaks, sizes]

@@ -430,7 +430,7 @@ def _flow_runs(con, nights, first, stale, work, rng, quick, canary, runner: Runn
     attack_runs = {r["run_id"] for i in honest0 for r in ledger.get(i["batch_id"], [])}
     all_runs = sorted({r["run_id"] for recs in ledger.values() for r in recs})
     for res in alert_classes(con, nights.nights[0], outbox, min(attack_runs) if len(attack_runs) == 1 else None,
-                             all_runs):
+                             all_runs, figures):
         results[res.cls] = res
 
     # --- crash injection -------------------------------------------------------------------------
