@@ -434,6 +434,15 @@ def _flow_runs(con, nights, first, stale, work, rng, quick, canary, runner: Runn
         if len(b) > 1:
             conc.failures.append("a batch is recorded twice in the ledger")
 
+    # --- what the alerts and their files give away (issue 14, findings 5 and 6) ---------------
+    from attacks.alert_leaks import alert_classes
+
+    attack_runs = {r["run_id"] for i in honest0 for r in ledger.get(i["batch_id"], [])}
+    all_runs = sorted({r["run_id"] for recs in ledger.values() for r in recs})
+    for res in alert_classes(con, nights.nights[0], outbox, min(attack_runs) if len(attack_runs) == 1 else None,
+                             all_runs, figures):
+        results[res.cls] = res
+
     # --- crash injection -------------------------------------------------------------------------
     from flows.consortium import CRASH_STEPS
 

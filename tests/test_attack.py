@@ -191,3 +191,27 @@ def test_attack_suite_quick(tmp_path, prefect_env_vars):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert {"crash_recovery", "concurrent_runs", "replay", "signed_junk_rows"} <= {
         c["class"] for c in ran if c["level"] == "flow"}
+
+
+def test_alert_check_catches_foreign_figures_and_passes_own_ones():
+    """The [alert_foreign_details] checker: an alert built from own payments passes; one that
+    states another bank's amount, share, time or id, or the pattern's window, does not."""
+    import datetime as dt
+
+    from attacks.alert_leaks import foreign_details
+
+    t0 = dt.datetime(2026, 1, 5, 9, tzinfo=dt.timezone.utc)
+    own = {"T1": dict(txn_id="T1", timestamp=t0, src_bank="B01", src_account="A1", dst_bank="B02",
+                      dst_account="X9", amount=5000.0, currency="USD")}
+    good = dict(alert_id="a" * 20, bank="B01", pattern="pass_through", score=0.85, accounts=["A1"],
+                txn_ids=["T1"], start=t0, end=t0, amount=5000.0, institutions=2, hops=2,
+                explanation="Account ext-0a1b2c received funds and passed most of them on shortly "
+                            "afterwards, involving 2 institutions; your payment in it: 5,000 USD.")
+    args = ({"T7"}, {"X9"}, {"B02"}, {"USD": 1.0}, 10_000.0)
+    assert foreign_details(good, own, *args) == []
+    for bad in (dict(explanation=good["explanation"] + " It forwarded 98% (4,900 USD)."),
+                dict(explanation=good["explanation"] + " Then X9 paid on."),
+                dict(explanation=good["explanation"] + " Last seen 2026-01-06 at 11:30."),
+                dict(txn_ids=["T1", "T7"]), dict(amount=9900.0),
+                dict(end=t0 + dt.timedelta(hours=3)), dict(score=0.8731)):
+        assert foreign_details({**good, **bad}, own, *args), bad

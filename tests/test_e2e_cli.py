@@ -82,6 +82,8 @@ def test_run_gives_each_bank_alerts_about_its_own_accounts_only(consortium, smal
             assert alert["bank"] == bank
             assert set(alert["accounts"]) <= own_accounts[bank]
             assert set(alert["txn_ids"]) <= own_txns[bank]
+    # One size for every member's file of the run, whatever each bank received.
+    assert len({f.stat().st_size for bank in E2E_BANKS for f in (p["outbox"] / bank).glob("*.amla")}) == 1
     # Plaintext is gone, history and ledger committed once.
     assert list((p["enclave"] / "work").iterdir()) == []
     assert len(list((p["enclave"] / "state").glob("history-*.aes"))) == 1

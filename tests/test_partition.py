@@ -80,8 +80,8 @@ def test_partitioned_alerts_equal_single_process_alerts(graphs):
     table = table.set_column(table.schema.get_field_index("label"), "label",
                              pa.array(label, pa.int8()))
     key = b"\x01" * 32
-    single = run_detection(table, SHORT, placeholder_key=key)
-    split = run_detection(table, SHORT, placeholder_key=key, partitions=5)
+    single = run_detection(table, SHORT, alert_key=key, placeholder_key=key)
+    split = run_detection(table, SHORT, alert_key=key, placeholder_key=key, partitions=5)
     assert sum(single.counts.values()) > 0
     assert split.counts == single.counts
     for bank in single.banks:

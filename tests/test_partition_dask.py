@@ -63,10 +63,10 @@ def test_partitioned_alerts_on_a_local_cluster_equal_single_process(tmp_path, mo
     config = DetectionConfig.load()
     key = b"\x02" * 32
 
-    single = run_detection(table, config, placeholder_key=key)
+    single = run_detection(table, config, alert_key=key, placeholder_key=key)
     mapper = DaskPartitionMap(str(tmp_path / "enclave"), str(work), "run-test",
                               DaskSettings(workers=2, partitions=3))
-    split = run_detection(table, config, placeholder_key=key, partitions=3,
+    split = run_detection(table, config, alert_key=key, placeholder_key=key, partitions=3,
                           map_partitions=mapper)
 
     assert sum(single.counts.values()) > 0

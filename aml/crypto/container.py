@@ -53,6 +53,7 @@ TAG_LEN = 16
 COMMITMENT_LEN = 32
 SIGNATURE_LEN = 64
 LENGTH_PREFIX_LEN = 8
+WRAPPED_KEY_LEN = 80  # HPKE X25519 enc (32) + AES-256-GCM of the 32-byte data key (48)
 KINDS = ("batch", "alerts")
 ENCLAVE = "enclave"
 
@@ -229,10 +230,17 @@ def stream_length(payload_len: int, chunk_size: int) -> int:
     return payload_len + TAG_LEN * chunk_count(payload_len, chunk_size)
 
 
-def payload_length(data_len: int, pad: bool) -> int:
-    """Plaintext length: the 8-byte length prefix, the data, and Padmé padding if asked."""
+def payload_length(data_len: int, pad: bool, pad_to: int = 0) -> int:
+    """Plaintext length: the 8-byte length prefix, the data, and Padmé padding if asked, then
+    zero padding up to `pad_to` bytes (alert files: every member's file of a run one size)."""
     length = LENGTH_PREFIX_LEN + data_len
-    return padme(length) if pad else length
+    return max(padme(length) if pad else length, pad_to)
+
+
+def sealed_length(header: Header, payload_len: int) -> int:
+    """Size in bytes of the sealed file with this header and plaintext length (docs/format.md)."""
+    return (len(MAGIC) + 1 + 4 + len(header.to_bytes()) + 2 + WRAPPED_KEY_LEN + COMMITMENT_LEN
+            + LENGTH_PREFIX_LEN + stream_length(payload_len, header.chunk_size) + SIGNATURE_LEN)
 
 
 # --- sealing -----------------------------------------------------------------------------
@@ -265,7 +273,7 @@ class _Plaintext:
 
 
 def _seal_stream(read_into, data_len: int, header: Header, recipient_x25519_public, sender, pad: bool,
-                 write: Callable[[bytes | memoryview], object]) -> None:
+                 write: Callable[[bytes | memoryview], object], pad_to: int = 0) -> None:
     if not isinstance(header, Header):
         raise BadInputError("header must be an aml.crypto.container.Header")
     recipient = _x25519_public(recipient_x25519_public)
@@ -277,7 +285,7 @@ def _seal_stream(read_into, data_len: int, header: Header, recipient_x25519_publ
         raise BadInputError("header sender_key_id does not match the signing key")
 
     chunk_size = header.chunk_size
-    payload_len = payload_length(data_len, pad)
+    payload_len = payload_length(data_len, pad, pad_to)
     header_bytes = header.to_bytes()
     header_hash = hashlib.sha256(header_bytes).digest()
     data_key = os.urandom(32)
@@ -318,12 +326,15 @@ def _memory_reader(view: memoryview) -> Callable[[memoryview], int]:
     return read_into
 
 
-def seal_bytes(payload: bytes, header: Header, recipient_x25519_public, sender, pad: bool = False) -> bytes:
+def seal_bytes(payload: bytes, header: Header, recipient_x25519_public, sender, pad: bool = False,
+               pad_to: int = 0) -> bytes:
     """Seal `payload` to the recipient's X25519 key, signed by `sender` (a key pair or an
-    Ed25519 private key). `pad=True` pads to a Padmé bucket (alert files)."""
+    Ed25519 private key). `pad=True` pads to a Padmé bucket (alert files); `pad_to` pads the
+    plaintext (length prefix included) further, to at least that many bytes."""
     view = memoryview(payload).cast("B")
     out = io.BytesIO()  # getvalue() hands over its buffer without a copy
-    _seal_stream(_memory_reader(view), len(view), header, recipient_x25519_public, sender, pad, out.write)
+    _seal_stream(_memory_reader(view), len(view), header, recipient_x25519_public, sender, pad, out.write,
+                 pad_to)
     return out.getvalue()
 
 

@@ -113,13 +113,16 @@ def _since(start: float) -> int:
 
 def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
                   members: list[str] | None = None,
+                  alert_key: bytes | None = None,
                   placeholder_key: bytes | None = None, partitions: int = 1,
                   map_partitions: PartitionMapper | None = None) -> DetectionResult:
     """Detect typologies (and model-scored payments) over the merged batches of all members.
 
     `merged` has TRANSACTION_SCHEMA columns, optionally `is_new` and `submitted_by` (see
     TransactionGraph.from_table). `members` defaults to the banks in `submitted_by`, or to
-    every bank seen. `placeholder_key` fixes the anonymised placeholders (tests only).
+    every bank seen. `alert_key` keys the alert ids (the enclave derives it from its storage key
+with `aml.detect.alerts.alert_key`; without it ids are random per call). `placeholder_key`
+fixes the anonymised placeholders (tests only; default: derived from the alert key).
     `partitions` > 1 runs the typology detectors per time partition, through
     `map_partitions` (default: one after another here; the enclave passes a Dask map).
     """
@@ -153,7 +156,7 @@ def run_detection(merged: pa.Table, config: DetectionConfig | None = None, *,
     start = time.perf_counter()
     alerts = cut_alerts(graph, instances, banks, currency=config.base_currency,
                         max_placeholders=int(alert_cfg.get("max_placeholders", 5)),
-                        placeholder_key=placeholder_key)
+                        alert_key=alert_key, placeholder_key=placeholder_key)
     millis["alerts"] = _since(start)
     counts: dict[str, int] = {}
     for table in alerts.values():

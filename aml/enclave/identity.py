@@ -186,11 +186,12 @@ def load_members(enclave_dir: Path) -> dict[str, PublicKeys]:
 # --- sealing helpers for the flow (run inside the enclave worker) -------------------------
 
 def seal_alerts(table, bank: str, bank_public: PublicKeys, enclave_keys: EnclaveKeys, run_id: str,
-                sequence: int, provenance: dict, now: int | None = None) -> bytes:
+                sequence: int, provenance: dict, now: int | None = None, pad_to: int = 0) -> bytes:
     """One bank's alerts (ALERT_SCHEMA) as a padded, sealed "alerts" file from the enclave.
 
     The cleartext header's row_count is always 0 for alert files: the operator sees headers,
-    and the number of alerts a bank received is exactly what padding is meant to hide."""
+    and the number of alerts a bank received is exactly what padding is meant to hide.
+    `pad_to`: plaintext length to pad to (see aml/enclave/alert_files.py: one size per run)."""
     from aml.schema import ALERT_SCHEMA, SCHEMA_VERSION
 
     created = int(time.time()) if now is None else now
@@ -201,7 +202,7 @@ def seal_alerts(table, bank: str, bank_public: PublicKeys, enclave_keys: Enclave
         provenance=dict(provenance),
     )
     payload = container.table_to_parquet(table, ALERT_SCHEMA)
-    return container.seal_bytes(payload, header, bank_public, enclave_keys, pad=True)
+    return container.seal_bytes(payload, header, bank_public, enclave_keys, pad=True, pad_to=pad_to)
 
 
 def open_batch(path_or_bytes, enclave_keys: EnclaveKeys, sender_public: PublicKeys, now: int | None = None):

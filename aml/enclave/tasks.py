@@ -101,10 +101,12 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     Writes, in the work area: out/<bank>.amla (sealed, padded; one per member even when empty)
     and history.aes (the new history, encrypted). Returns their paths and hashes, the alert
     count per typology (totals over all banks, never per bank) and stage durations."""
+    from aml.detect.alerts import alert_key
     from aml.detect.config import DetectionConfig
     from aml.detect.pipeline import run_detection
     from aml.enclave.history import read_history, trim_to_window, write_history
-    from aml.enclave.identity import load_members, seal_alerts
+    from aml.enclave.alert_files import seal_run_alerts
+    from aml.enclave.identity import load_members
     from aml.enclave.merge import merge_batches
 
     logger = get_run_logger()
@@ -142,10 +144,12 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     from aml.enclave.partitioned import DaskPartitionMap, dask_settings
 
     dask = dask_settings()
+    # Alert ids are a MAC under a key only this enclave identity holds (stable across reruns).
+    id_key = alert_key(keys.storage_key)
     if dask is None:
-        result = run_detection(in_window, config, members=sorted(members))
+        result = run_detection(in_window, config, members=sorted(members), alert_key=id_key)
     else:
-        result = run_detection(in_window, config, members=sorted(members),
+        result = run_detection(in_window, config, members=sorted(members), alert_key=id_key,
                                partitions=dask.partitions,
                                map_partitions=DaskPartitionMap(enclave_dir, work_dir, run_id, dask))
     n_alerts = sum(result.counts.values())
@@ -159,8 +163,10 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     out_dir.mkdir(mode=0o700, exist_ok=True)
     prov = dict(provenance, model_hash=result.model_hash, config_hash=result.config_hash)
     alerts = {}
-    for bank in sorted(members):
-        sealed = seal_alerts(result.alerts_for(bank), bank, members[bank], keys, run_id, run_sequence, prov)
+    # Every member's file the same size, so a size cannot tell who got alerts.
+    files = seal_run_alerts({bank: result.alerts_for(bank) for bank in members}, members, keys,
+                            run_id, run_sequence, prov)
+    for bank, sealed in sorted(files.items()):
         path = out_dir / f"{bank}.amla"
         path.write_bytes(sealed)
         alerts[bank] = {"path": str(path), "sha256": hashlib.sha256(sealed).hexdigest()}
