@@ -109,3 +109,30 @@ def run_demo(workdir: Path | None = None) -> int:
     print(f"\neverything is under {workdir}/ (keys, sealed batches, sealed and opened alerts)")
     print("REMINDER: SIMULATED attestation - for development and demonstration only.")
     return 0
+
+
+# --- the analyst's side of the demo --------------------------------------------------------
+_FIRST = ("Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kemi", "Lars")
+_LAST = ("Okafor", "Schmidt", "Nguyen", "Garcia", "Smith", "Rossi", "Kowalski", "Tanaka", "Silva", "Dubois")
+
+
+def invent_kyc(accounts, path: Path, seed: int = 0) -> Path:
+    """An invented KYC file (the columns of `aml export goaml --kyc`) for the demo's own accounts.
+    A real bank exports this from its core banking system; nothing here is real."""
+    import csv
+    import random
+
+    from aml.bank.goaml import KYC_COLUMNS
+
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(KYC_COLUMNS)
+        for n, account in enumerate(sorted(set(accounts)), 1):
+            first, last = rng.choice(_FIRST), rng.choice(_LAST)
+            w.writerow([account, f"{first} {last}", f"C{n:06d}", rng.choice(("Head office", "North", "Harbour")),
+                        "USD", "A", f"{rng.randint(2005, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                        "A", first, last, f"{rng.randint(1950, 2002)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                        "US"])
+    return path
