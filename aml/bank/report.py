@@ -161,7 +161,8 @@ def subgraph_svg(alert: dict, payments: list[dict] | None) -> str:
     span = max((y for _, y in pos.values()), default=0) - min((y for _, y in pos.values()), default=0)
     above = {n: (x, y + 0.045 * max(span, 0.5)) for n, (x, y) in pos.items()}
     nx.draw_networkx_labels(g, above, ax=ax, font_size=8, labels={
-        n: ("" if a["own"] is None else n) for n, a in g.nodes(data=True)}, verticalalignment="bottom")
+        n: ("" if a["own"] is None else n) for n, a in g.nodes(data=True)}, verticalalignment="bottom",
+        bbox=dict(boxstyle="round,pad=0.1", fc="#ffffff", ec="none", alpha=0.8))
     for n, a in g.nodes(data=True):  # big label boxes for the aggregate node(s)
         if a["own"] is None:
             ax.text(*pos[n], n, ha="center", va="center", fontsize=7.5,
@@ -200,7 +201,7 @@ def timeline_svg(alert: dict, payments: list[dict] | None, bank: str) -> str:
         ax.set_yticks([])
         ax.text(0.5, 0.5, f"{len(alert['txn_ids'])} own payment(s), {alert['amount']:,.0f} in total "
                 "(give --transactions for each payment)", transform=ax.transAxes, ha="center", fontsize=8)
-    ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=4)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False, ncol=4)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
     ax.tick_params(labelsize=7)
     for side in ("top", "right"):
