@@ -283,7 +283,7 @@ def test_report_is_self_contained(opened, tmp_path):
 def _chromium() -> str | None:
     import shutil
 
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def _page_requests(browser: str, page: Path, workdir: Path, extra: list[str]) -> tuple[str, list[str]]:
