@@ -8,11 +8,14 @@ PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
 
 $(BIN)/aml: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	$(PIP) -e '.[bank]'
 	touch $@
 
 $(VENV)/.test-installed: $(BIN)/aml
 	$(PIP) -e '.[test]'
+	@# headless Chromium renders `aml report` in tests/test_report.py (Debian package; root only)
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && apt-get install -y -q chromium; fi
 	touch $@
 
 install: $(BIN)/aml

@@ -136,6 +136,88 @@ def _policy_args(s: argparse.ArgumentParser) -> None:
                    help="accept a SIMULATED (development, not confidential) attestation")
 
 
+# --- the analyst's side (bank-local, offline): cases, report, goAML export ------------------
+def _cmd_cases(a: argparse.Namespace) -> int:
+    from aml.bank.cases import cases_command
+
+    return cases_command(a)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from aml.bank.report import report_command
+
+    return report_command(a)
+
+
+def _cmd_export_goaml(a: argparse.Namespace) -> int:
+    from aml.bank.goaml import export_command
+
+    return export_command(a)
+
+
+def _add_analyst_commands(sub) -> None:
+    from aml.bank.cases import DISPOSITIONS, STATUSES
+
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument("--db", default=None, metavar="DB",
+                    help="the bank's case store (default: $AML_CASES_DB or ./cases.sqlite)")
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--who", default=None, help="who makes the change (default: the login name)")
+    filt = argparse.ArgumentParser(add_help=False)
+    filt.add_argument("--status", choices=STATUSES)
+    filt.add_argument("--disposition", choices=DISPOSITIONS)
+    filt.add_argument("--pattern", default=None)
+    filt.add_argument("--assignee", default=None)
+    filt.add_argument("--min-score", type=float, default=None)
+
+    c = sub.add_parser("cases", help="the bank's alert cases: triage, dispositions, audit log")
+    csub = c.add_subparsers(dest="cases_command", required=True, metavar="COMMAND")
+    s = csub.add_parser("import", parents=[db, who], help="open a case for every new alert (idempotent)")
+    s.add_argument("alerts", nargs="+", metavar="ALERTS", help="files written by `aml open`")
+    s.add_argument("--bank", default=None, metavar="ID", help="refuse alerts addressed to another bank")
+    s = csub.add_parser("list", parents=[db, filt], help="list cases as a table, highest score first")
+    s = csub.add_parser("show", parents=[db], help="one case with its full history")
+    s.add_argument("case", metavar="ALERT_ID", help="alert id (or a unique prefix of 6+ characters)")
+    s = csub.add_parser("set", parents=[db, who], help="change status, disposition, assignee; add a note")
+    s.add_argument("case", metavar="ALERT_ID")
+    s.add_argument("--status", choices=STATUSES)
+    s.add_argument("--disposition", choices=DISPOSITIONS)
+    s.add_argument("--assignee", default=None)
+    s.add_argument("--note", default=None)
+    s = csub.add_parser("verify", parents=[db], help="check the hash-chained event log and the cases")
+    s.add_argument("--expect-head", default=None, metavar="HASH",
+                   help="the head printed by an earlier verify (also detects removed events)")
+    s = csub.add_parser("export", parents=[db, filt], help="cases as JSON or CSV")
+    s.add_argument("--format", choices=["json", "csv"], default="json")
+    s.add_argument("--out", default=None, metavar="FILE", help="default: standard output")
+    for s in csub.choices.values():
+        s.set_defaults(func=_cmd_cases)
+
+    s = sub.add_parser("report", help="one self-contained offline HTML report of the bank's alerts")
+    s.add_argument("alerts", nargs="+", metavar="ALERTS")
+    s.add_argument("--bank", required=True, metavar="ID")
+    s.add_argument("--out", required=True, metavar="REPORT.html")
+    s.add_argument("--transactions", default=None, metavar="FILE",
+                   help="the bank's own batch (the file it sealed): per-payment arrows and timeline")
+    s.add_argument("--db", default=None, metavar="DB", help="case store for statuses (default: none)")
+    s.set_defaults(func=_cmd_report)
+
+    x = sub.add_parser("export", help="export alerts for a financial intelligence unit")
+    xsub = x.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    s = xsub.add_parser("goaml", help="one goAML STR XML file per alert")
+    s.add_argument("alerts", nargs="+", metavar="ALERTS")
+    s.add_argument("--bank", required=True, metavar="ID")
+    s.add_argument("--kyc", required=True, metavar="KYC.csv")
+    s.add_argument("--profile", required=True, metavar="PROFILE")
+    s.add_argument("--xsd", default=None, metavar="SCHEMA.xsd", help="the FIU's schema: validate every file")
+    s.add_argument("--out", required=True, metavar="DIR")
+    s.add_argument("--transactions", default=None, metavar="FILE",
+                   help="the bank's own batch: one <transaction> per own payment (else an <activity>)")
+    s.add_argument("--alert", action="append", default=None, metavar="ALERT_ID",
+                   help="export only this alert (repeatable; id or unique prefix)")
+    s.set_defaults(func=_cmd_export_goaml)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="enclave-aml: cross-bank AML in an enclave")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -233,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--members-file", default=None, metavar="F",
                    help="member bank ids one a line (default: the 8 banks with the most rows)")
     s.set_defaults(func=_cmd_evaluate)
+    _add_analyst_commands(sub)
     return p
 
 

@@ -121,6 +121,71 @@ def run_demo(workdir: Path | None = None) -> int:
         if n:  # what an analyst at this bank reads: the bank's own demo data, shown to itself
             top = alerts.sort_by([("score", "descending")]).slice(0, 1).to_pylist()[0]
             print(f"      e.g. [{top['pattern']}, score {top['score']:.2f}] {top['explanation']}")
+    analyst_ending(members, paths, workdir)
     print(f"\neverything is under {workdir}/ (keys, sealed batches, sealed and opened alerts)")
     print("REMINDER: SIMULATED attestation - for development and demonstration only.")
     return 0
+
+
+# --- the analyst's side of the demo --------------------------------------------------------
+_FIRST = ("Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kemi", "Lars")
+_LAST = ("Okafor", "Schmidt", "Nguyen", "Garcia", "Smith", "Rossi", "Kowalski", "Tanaka", "Silva", "Dubois")
+
+
+def invent_kyc(accounts, path: Path, seed: int = 0) -> Path:
+    """An invented KYC file (the columns of `aml export goaml --kyc`) for the demo's own accounts.
+    A real bank exports this from its core banking system; nothing here is real."""
+    import csv
+    import random
+
+    from aml.bank.goaml import KYC_COLUMNS
+
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(KYC_COLUMNS)
+        for n, account in enumerate(sorted(set(accounts)), 1):
+            first, last = rng.choice(_FIRST), rng.choice(_LAST)
+            w.writerow([account, f"{first} {last}", f"C{n:06d}", rng.choice(("Head office", "North", "Harbour")),
+                        "USD", "A", f"{rng.randint(2005, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                        "A", first, last, f"{rng.randint(1950, 2002)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                        "US"])
+    return path
+
+
+def analyst_ending(members: list[str], paths: dict[str, Path], workdir: Path) -> None:
+    """What each bank's analysts do next (docs/analyst-guide.md): cases, report, one goAML file."""
+    from aml.bank.alerts_file import read_alerts, read_own_transactions
+    from aml.bank.cases import CaseStore
+    from aml.bank.goaml import export_goaml
+    from aml.bank.report import build_report
+    from aml.enclave.identity import project_root
+
+    print("\nthe analysts' side (bank-local, offline):")
+    goaml_done = False
+    for bank in members:
+        alerts_file = paths["alerts"] / f"{bank}.parquet"
+        alerts = read_alerts([alerts_file], bank=bank)
+        batch = paths["banks"] / f"{bank}.parquet"
+        own = read_own_transactions(batch, bank)
+        db = workdir / "cases" / f"{bank}.sqlite"
+        with CaseStore(db, create=True) as store:
+            added = store.import_alerts(alerts, "demo", bank=bank)
+            cases = {c["alert_id"]: c for c in store.cases()}
+        report = workdir / "reports" / f"{bank}.html"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(build_report(alerts, bank, [alerts_file], own, batch, cases), encoding="utf-8")
+        line = f"  {bank}: {added} cases in {db}; report {report}"
+        if alerts and not goaml_done:  # one goAML file: this bank's highest-scoring alert
+            top = max(alerts, key=lambda a: (a["score"], a["alert_id"]))
+            accounts = {r["src_account"] for r in own.values() if r["src_bank"] == bank} | {
+                r["dst_account"] for r in own.values() if r["dst_bank"] == bank}
+            kyc = invent_kyc(accounts, workdir / "kyc" / f"{bank}.csv")
+            xsd = project_root() / "tests" / "fixtures" / "goaml" / "str-test.xsd"
+            (xml,) = export_goaml([top], bank, kyc, project_root() / "sample_data" / "goaml" / "profile.toml",
+                                  workdir / "goaml" / bank, xsd if xsd.is_file() else None, own)
+            line += f"; goAML STR {xml}"
+            goaml_done = True
+        print(line)
+    print("  next: `aml cases list --db CASES`, open a report in a browser, `aml cases set ID --disposition ...`")

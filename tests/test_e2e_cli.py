@@ -172,3 +172,8 @@ def test_demo_runs_end_to_end_on_a_temporary_prefect_server(tmp_path):
     assert len(received) == 6
     assert (tmp_path / "prefect_home" / "prefect.db").is_file()  # the temporary server's database
     assert list((tmp_path / "demo" / "enclave" / "work").iterdir()) == []
+    # the analysts' ending: each bank's cases and offline report, one goAML STR
+    assert len(list((tmp_path / "demo" / "reports").glob("*.html"))) == 6
+    assert len(list((tmp_path / "demo" / "cases").glob("*.sqlite"))) == 6
+    assert len(list((tmp_path / "demo" / "goaml").glob("*/goaml-STR-*.xml"))) == 1
+    assert "goAML STR" in r.stdout

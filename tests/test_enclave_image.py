@@ -18,6 +18,9 @@ DOCKERFILE = (IMAGE / "Dockerfile").read_text()
 LOCK = (IMAGE / "requirements.lock").read_text()
 # Pinned in constraints.txt for tests and benchmarks only; never installed in the enclave image.
 TEST_ONLY = {"pytest", "hypothesis", "pytest-xdist", "execnet", "iniconfig", "snapml"}
+# The analyst's side (pyproject extra `bank`: aml report, aml export goaml) runs at the bank only.
+TEST_ONLY |= {"matplotlib", "contourpy", "cycler", "fonttools", "kiwisolver", "pillow", "pyparsing",
+              "xmlschema", "elementpath"}
 
 
 def _norm(name: str) -> str:
