@@ -226,7 +226,7 @@ def _publish(summary: dict, candidates: list[dict]) -> None:
     labels = {"accepted": "batches accepted", "rejected": "batches rejected", "skipped": "batches skipped (already processed)",
               "rows": "rows received (a cross-bank payment counts once per bank)",
               "rows_quarantined": "rows quarantined by validation", "cross_bank": "cross-bank payments reconciled",
-              "conflicts": "payments whose two copies disagree (kept out)", "alerts": "alerts (all banks)"}
+              "conflicts": "payments whose two copies disagree (kept apart, one row per bank)", "alerts": "alerts (all banks)"}
     for k, label in labels.items():
         lines.append(f"| {label} | {summary.get(k, 0)} |")
     if summary.get("patterns"):
@@ -313,6 +313,7 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                         rows=sum(r["rows"] for _, r in unsealed),
                         rows_quarantined=sum(r["quarantined"] for _, r in unsealed),
                         cross_bank=sealed["merge"]["cross_bank"], conflicts=sealed["merge"]["conflicts"],
+                        conflicts_by_bank=sealed["conflicts_by_bank"], foreign_by_bank=sealed["foreign_by_bank"],
                         history_rows=sealed["history"]["rows"],
                         patterns=sealed["patterns"], alerts=sum(sealed["patterns"].values()),
                         outbox={b: str(Path(outbox) / b / f"{run_id}{ALERT_SUFFIX}") for b in sealed["alerts"]},

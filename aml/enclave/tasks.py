@@ -121,6 +121,7 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     del new, history  # the merged table holds every row now; detection needs the memory
     in_window = trim_to_window(merged.merged, window_days, keep=merged.merged.column("is_new"))
     merge_counts = merged.counts
+    merged_conflicts, merged_foreign = merged.conflicts_by_bank, merged.foreign_by_bank
     enclave_log(logger, "history_loaded", rows=history_rows, kept=max(0, in_window.num_rows - merge_counts["new_rows"]))
     enclave_log(logger, "merged", batches=len(batches), rows=in_window.num_rows,
                 cross_bank=merge_counts["cross_bank"], conflicts=merge_counts["conflicts"])
@@ -172,6 +173,9 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
         "alerts": alerts,
         "patterns": {str(k): int(v) for k, v in sorted(result.counts.items())},
         "merge": {k: int(v) for k, v in merge_counts.items()},
+        # per submitting bank: copies kept apart as conflicts, copies dropped as not its payment
+        "conflicts_by_bank": {str(b): int(n) for b, n in sorted(merged_conflicts.items())},
+        "foreign_by_bank": {str(b): int(n) for b, n in sorted(merged_foreign.items())},
         "history": {"path": str(history_path), "sha256": sha256_file(history_path), "rows": int(kept)},
         "model_hash": str(result.model_hash),
         "config_hash": str(result.config_hash),
