@@ -46,7 +46,8 @@ CRASH_STEPS = ("verified", "unsealed", "detected", "delivered", "committed")
 # Errors inside the enclave that are the batch's fault: quarantine it and go on. Any other
 # error there (keys missing, a bug) fails the run and leaves the batch in the inbox.
 BATCH_FAULT_CODES = frozenset({"format", "tampered", "truncated", "trailing_data", "bad_signature",
-                               "wrong_recipient", "expired", "not_a_member", "schema", "bad_input"})
+                               "wrong_recipient", "expired", "not_a_member", "schema", "bad_input",
+                               "too_large", "resource_exhausted"})
 ARTIFACT_SUMMARY_KEY = "consortium-run-summary"
 ARTIFACT_BATCHES_KEY = "consortium-run-batches"
 
@@ -288,6 +289,12 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                         _quarantine(Path(inbox), cand, _coded(exc))
                         c.update(status="rejected", code=exc.cause_code)
                         continue
+                    except Exception:  # the worker died (killed, out of memory): no code came back
+                        culprit = _quarantine_worker_death(edir, Path(inbox), work, accepted)
+                        if culprit is None:
+                            raise
+                        raise InternalError(f"the enclave worker died while unsealing batch {culprit}; that batch "
+                                            "was quarantined (resource_exhausted); run again for the others") from None
                     c.update(quarantined=res["quarantined"], reasons=res["reasons"])
                     unsealed.append((c, res))
                 millis["unseal"] = int((time.perf_counter() - start) * 1000)
@@ -331,6 +338,27 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
         summary["batches"] = candidates
         _publish(summary, candidates)
         return summary
+
+
+def _quarantine_worker_death(edir: Path, inbox: Path, work: Path, accepted: list[dict]) -> str | None:
+    """The enclave worker died while unsealing: the batch it was on (its marker is still in the
+    work area) is quarantined as `resource_exhausted`, so it cannot stop every later run.
+    This run still fails (its worker is gone); the next run processes the other batches. With
+    more than one batch in flight nobody can tell which one was to blame: none is quarantined."""
+    from aml.enclave.tasks import unsealing_marker
+    from aml.errors import ResourceExhaustedError
+
+    dying = [c for c in accepted if unsealing_marker(work, c["batch_id"]).exists()]
+    if len(dying) != 1:
+        return None
+    c = dying[0]
+    cand = Candidate(**c)
+    exc = ResourceExhaustedError("the enclave worker died while unsealing this batch", batch_id=c["batch_id"])
+    with Ledger(edir) as ledger:
+        ledger.record_rejection(cand.file, cand.sha256, cand.bank, exc.code)
+    _quarantine(inbox, cand, exc)
+    c.update(status="rejected", code=exc.code)
+    return c["batch_id"]
 
 
 def _coded(exc: EnclaveTaskError) -> AmlError:
