@@ -120,7 +120,7 @@ def _codes(values: pa.Array, names: pa.Array) -> np.ndarray:
 
 def _per_bank(names: list[str], bank: np.ndarray) -> dict[str, int]:
     counts = np.bincount(bank, minlength=len(names)) if len(bank) else np.zeros(len(names), np.int64)
-    return {names[i]: int(k) for i, k in enumerate(counts) if k}
+    return {str(names[i]): int(k) for i, k in enumerate(counts) if k}
 
 
 def reconcile(copies: _Copies, submitters: bool = True) -> MergeResult:
@@ -136,8 +136,9 @@ def reconcile(copies: _Copies, submitters: bool = True) -> MergeResult:
     row_banks = pc.unique(pa.concat_arrays([src_names, dst_names]))
     row_banks = row_banks.take(pc.sort_indices(row_banks))
     src, dst = _codes(src_names, row_banks), _codes(dst_names, row_banks)
-    del src_names, dst_names
-    pair = src * max(len(row_banks), 1) + dst  # ordered like (src_bank, dst_bank) by name
+    built = {"txn_id": txn_ids, "src_bank": src_names, "dst_bank": dst_names}  # reused below
+    n_banks = max(len(row_banks), 1)
+    pair = src * n_banks + dst  # ordered like (src_bank, dst_bank) by name
 
     # A copy counts only when its bank is one of the two banks the row names.
     if submitters:
@@ -151,11 +152,16 @@ def reconcile(copies: _Copies, submitters: bool = True) -> MergeResult:
     # One key per (payment, bank); a payment is (txn_id, src_bank, dst_bank). A stable sort keeps
     # the copies of one key in arrival order, so the last of each run is that bank's latest copy.
     txn = pc.dictionary_encode(txn_ids).indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    pair_id, pairs = pd.factorize(pair)
-    payment = pd.factorize(txn * max(len(pairs), 1) + pair_id)[0].astype(np.int64)
-    del txn, pair_id
+    n_names = max(len(names), 1)
+    if (int(txn.max()) + 1) * n_banks * n_banks * n_names < 2**62:  # the usual case: no hashing
+        payment = txn * (n_banks * n_banks) + pair
+    else:  # many banks, or one pseudo-bank per row (the graph): compact codes first
+        pair_id, pairs = pd.factorize(pair)
+        payment = pd.factorize(txn * max(len(pairs), 1) + pair_id)[0].astype(np.int64)
+        del pair_id
+    del txn
     idx = np.flatnonzero(valid)
-    key = payment[idx] * max(len(names), 1) + bank[idx]
+    key = payment[idx] * n_names + bank[idx]
     sort = np.argsort(key, kind="stable")
     order, key = idx[sort], key[sort]
     del sort
@@ -169,48 +175,72 @@ def reconcile(copies: _Copies, submitters: bool = True) -> MergeResult:
     starts = np.flatnonzero(np.r_[True, ~same_group]) if len(rows) else np.zeros(0, np.int64)
     sizes = np.diff(np.r_[starts, len(rows)])
 
-    # A payment conflicts when any of its copies differs from the one before it (so from any other).
+    # Output order: (timestamp, txn_id, src_bank, dst_bank, submitting bank) of a row's first copy.
+    def order_of(first: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+        at = pa.array(first)
+        when = pa.table({"timestamp": copies.column("timestamp").take(at), "txn_id": txn_ids.take(at),
+                         "pair": pa.array(pair[first]), "bank": pa.array(bank[first])})
+        return when, pc.sort_indices(when, [("timestamp", "ascending"), ("txn_id", "ascending"),
+                                            ("pair", "ascending"), ("bank", "ascending")]).to_numpy()
+
+    # One pass over the columns: each is built once, compared across the copies of a payment (a
+    # payment conflicts when any copy differs from the one before it, so from any other), and
+    # gathered at each payment's first copy, straight into output order.
+    gfirst = rows[starts]
+    gwhen, gperm = order_of(gfirst)
+    gather = pa.array(gfirst[gperm])
     differs = np.zeros(len(rows), dtype=bool)
-    if same_group.any():
-        pair_diff = np.zeros(len(rows) - 1, dtype=bool)
-        copy_rows = pa.array(rows)
-        for name in _COMPARED:
-            pair_diff |= _differs_from_previous(copies.column(name).take(copy_rows))
-        differs[1:] = pair_diff & same_group
-    conflicted = np.logical_or.reduceat(differs, starts) if len(starts) else np.zeros(0, bool)
+    pair_diff = np.zeros(max(len(rows) - 1, 0), dtype=bool)
+    any_pairs = bool(same_group.any())
+    copy_rows = pa.array(rows)
+    columns: dict[str, pa.Array] = {}
+    for name in _CARRIED:
+        if name in ("timestamp", "txn_id"):
+            columns[name] = gwhen.column(name).combine_chunks().take(pa.array(gperm))
+            if not (any_pairs and name in _COMPARED):
+                continue
+        col = built.pop(name, None)
+        col = copies.column(name) if col is None else col
+        if any_pairs and name in _COMPARED:
+            pair_diff |= _differs_from_previous(col.take(copy_rows))
+        if name not in columns:
+            columns[name] = col.take(gather)
+        del col
+    differs[1:] = pair_diff & same_group
+    conflicted = np.logical_or.reduceat(differs, starts)
     in_conflict = np.repeat(conflicted, sizes)
 
     # Output rows ("units"): one per payment, except that each copy of a conflicted payment is a
     # row of its own, submitted by its bank alone.
-    unit_start = np.r_[True, ~same_group] | in_conflict if len(rows) else np.zeros(0, bool)
+    unit_start = np.r_[True, ~same_group] | in_conflict
     ustarts = np.flatnonzero(unit_start)
     usizes = np.diff(np.r_[ustarts, len(rows)])
-    ufirst = rows[ustarts]
     labels = pc.fill_null(copies.column("label"), _UNKNOWN_LABEL).to_numpy(zero_copy_only=False).astype(np.int8)
-    if len(ustarts):
-        best = np.maximum.reduceat(labels[rows], ustarts)  # 1 beats 0 beats unknown
-        any_new = np.logical_or.reduceat(copies.new[rows], ustarts)
-    else:
-        best, any_new = np.zeros(0, np.int8), np.zeros(0, dtype=bool)
+    best = np.maximum.reduceat(labels[rows], ustarts)  # 1 beats 0 beats unknown
+    any_new = np.logical_or.reduceat(copies.new[rows], ustarts)
     del labels
     unknown = best == _UNKNOWN_LABEL
     is_new = any_new & unknown
-
-    # Output order: (timestamp, txn_id, src_bank, dst_bank, submitting bank) of each row's first
-    # copy; every column is then gathered once, straight into that order.
-    first = pa.array(ufirst)
-    when = pa.table({"timestamp": copies.column("timestamp").take(first), "txn_id": txn_ids.take(first),
-                     "pair": pa.array(pair[ufirst]), "bank": pa.array(bank[ufirst])})
-    del txn_ids
-    perm = pc.sort_indices(when, [("timestamp", "ascending"), ("txn_id", "ascending"),
-                                  ("pair", "ascending"), ("bank", "ascending")]).to_numpy()
-    final = pa.array(ufirst[perm])
-    columns: dict[str, pa.Array] = {}
-    for name in _CARRIED:
-        if name in ("timestamp", "txn_id"):
-            columns[name] = when.column(name).combine_chunks().take(pa.array(perm))
-        else:
-            columns[name] = copies.column(name).take(final)
+    # each payment's first unit, in output order; then (only when some payment conflicts) the
+    # other copies of conflicted payments, gathered on their own and sorted in
+    perm = np.searchsorted(ustarts, starts)[gperm]
+    if conflicted.any():
+        extra = np.flatnonzero(in_conflict & ~np.r_[True, ~same_group])  # positions in rows
+        xunits = np.searchsorted(ustarts, extra)
+        xwhen, _ = order_of(rows[extra])
+        xgather = pa.array(rows[extra])
+        for name in _CARRIED:
+            more = xwhen.column(name).combine_chunks() if name in ("timestamp", "txn_id") \
+                else copies.column(name).take(xgather)
+            columns[name] = pa.concat_arrays([columns[name], more])
+        both = pa.table({"timestamp": columns["timestamp"], "txn_id": columns["txn_id"],
+                         "pair": pa.array(np.r_[pair[gfirst[gperm]], pair[rows[extra]]]),
+                         "bank": pa.array(np.r_[bank[gfirst[gperm]], bank[rows[extra]]])})
+        fperm = pc.sort_indices(both, [("timestamp", "ascending"), ("txn_id", "ascending"),
+                                       ("pair", "ascending"), ("bank", "ascending")])
+        columns = {name: col.take(fperm) for name, col in columns.items()}
+        perm = np.r_[perm, xunits][fperm.to_numpy()]
+    del txn_ids, built
     # submitted_by: each output row's copies, in bank-name order, gathered without a loop
     sizes_out = usizes[perm]
     offsets = np.r_[0, np.cumsum(sizes_out)].astype(np.int64)
