@@ -171,3 +171,13 @@ def test_property_no_member_can_erase_or_change_an_honest_payment(payments, forg
     # the graph reconciles with the same rule: the merged table is already a fixed point
     again = TransactionGraph._merge_duplicate_rows(m.merged, None)
     assert again.to_pylist() == m.merged.to_pylist()
+
+
+def test_the_run_summary_names_conflicts_per_sending_bank():
+    from aml.run import format_summary
+
+    text = format_summary({"run_id": "run-1", "accepted": 2, "rejected": 0, "skipped": 0, "rows": 3,
+                           "rows_quarantined": 0, "alerts": 0, "conflicts_by_bank": {"B02": 1, "B01": 1},
+                           "foreign_by_bank": {}})
+    assert "(kept apart), per sending bank: B01 1, B02 1" in text
+    assert "dropped" not in text
