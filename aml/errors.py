@@ -38,6 +38,19 @@ class ConfigError(BadInputError):
     code = "config"
 
 
+class TooLargeError(BadInputError):
+    """A batch would decode to more than the configured limits (rows, bytes, string length):
+    refused before it is decoded (a decompression bomb, or simply too big)."""
+
+    code = "too_large"
+
+
+class ResourceExhaustedError(BadInputError):
+    """Unsealing a batch ran the enclave worker out of memory (or the worker died on it)."""
+
+    code = "resource_exhausted"
+
+
 class KeyFileError(BadInputError):
     """A key file is missing, malformed or has unsafe permissions."""
 

@@ -36,6 +36,11 @@ def format_summary(summary: dict) -> str:
         )
         if summary.get("patterns"):
             lines.append("alerts per typology: " + ", ".join(f"{p} {n}" for p, n in sorted(summary["patterns"].items())))
+        for key, what in (("conflicts_by_bank", "copies disagreeing with the other bank's (kept apart)"),
+                          ("foreign_by_bank", "copies of payments between other banks (dropped)")):
+            if summary.get(key):
+                lines.append(f"{what}, per sending bank: "
+                             + ", ".join(f"{b} {n}" for b, n in sorted(summary[key].items())))
         for bank, path in sorted(summary.get("outbox", {}).items()):
             lines.append(f"  {bank}: {path}")
     else:

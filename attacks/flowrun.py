@@ -34,7 +34,7 @@ from aml.schema import TRANSACTION_SCHEMA
 
 from attacks import cases as C
 from attacks.harness import ClassResult, Consortium, Nights, cli
-from attacks.payloads import malformed_payloads
+from attacks.payloads import bomb_payloads, malformed_payloads
 
 ROOT = Path(__file__).resolve().parents[1]
 QUARANTINE = "quarantine"
@@ -267,6 +267,11 @@ def _attack_cases(con: Consortium, table, rng: random.Random, canary: str, stale
             continue  # signed row-level junk goes to the load run (accepted batches change alerts)
         name, data = con.craft(banks[2], next(seq), p.data, p.row_count, kind=p.kind)
         out.append(("malformed_batch", name, data, set(p.expected)))
+    for p in bomb_payloads(table):  # refused before decoding; the run goes on (issue 14, finding 4)
+        if "accepted" in p.expected:
+            continue
+        name, data = con.craft(banks[2], next(seq), p.data, p.row_count)
+        out.append(("decompression_bomb", name, data, set(p.expected)))
     return out
 
 

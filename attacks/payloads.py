@@ -94,11 +94,12 @@ def malformed_payloads(base: pa.Table, bank: str, other_banks: list[str], rng: r
     out.append(Payload("extreme_values", parquet_bytes(extreme), n, frozenset({"accepted"}),
                        {"bad_amount": n_bad, "future_timestamp": n_bad}))
 
-    # huge strings: 256 KiB account ids and payment formats are odd but not invalid
+    # huge strings: 256 KiB account ids are over the per-value cap ([limits] max_string_bytes,
+    # 64 KiB): the batch is refused before it is decoded
     huge = "Z" * (256 << 10)
     huge_acc = pa.array([huge + str(i) if i < 3 else v for i, v in enumerate(base["src_account"].to_pylist())])
     huge_table = _replace(base, "src_account", huge_acc)
-    out.append(Payload("huge_strings", parquet_bytes(huge_table), n, frozenset({"accepted"}), {}))
+    out.append(Payload("huge_strings", parquet_bytes(huge_table), n, frozenset({"too_large"})))
 
     # rows that touch none of the sender's accounts: quarantined as foreign_row, the rest kept
     a, b = other_banks[0], other_banks[-1]
@@ -130,4 +131,92 @@ def malformed_payloads(base: pa.Table, bank: str, other_banks: list[str], rng: r
             else:
                 cols[name] = pa.array([rng.randbytes(8) for _ in range(n)], pa.binary())
         out.append(Payload(f"random_table_{k}", parquet_bytes(pa.table(cols)), n, frozenset({"format"})))
+    return out
+
+
+# --- decompression bombs (issue 14, finding 4) ------------------------------------------------
+
+def _tiled(base: pa.Table, n: int) -> pa.Table:
+    """`n` rows made of `base`'s rows over and over (txn_ids repeat: never reached)."""
+    idx = pa.array(np.arange(n) % base.num_rows)
+    return base.take(idx)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def lie_about_sizes(data: bytes, fake: int = 1000) -> bytes:
+    """The same Parquet file with every uncompressed size in its footer (field-6 / field-2 i64s
+    following their neighbour) replaced by `fake`, written as a padded varint of the same
+    length: the pages are untouched, the footer now claims the data is small."""
+    footer_len = int.from_bytes(data[-8:-4], "little")
+    start = len(data) - 8 - footer_len
+    footer = bytearray(data[start:-8])
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    sizes = {meta.row_group(g).column(c).total_uncompressed_size
+             for g in range(meta.num_row_groups) for c in range(meta.num_columns)}
+    sizes |= {meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)}
+    for size in sorted(sizes, reverse=True):
+        true = _varint(size << 1)  # zigzag of a positive i64
+        if len(true) < 2:
+            continue
+        padded = bytearray(_varint(fake << 1).ljust(len(true), b"\x80"))
+        padded[len(_varint(fake << 1)) - 1] |= 0x80  # continue through the padding...
+        padded[-1] = 0x00  # ...and stop at the last byte (a non-minimal varint of `fake`)
+        footer = footer.replace(b"\x16" + true, b"\x16" + bytes(padded))
+    return data[:start] + bytes(footer) + data[-8:]
+
+
+def bomb_payloads(base: pa.Table) -> list[Payload]:
+    """Small signed batches that would decode to far more than the per-row budget allows. Each
+    must be refused (`too_large`, or `format` for an encoding that expands without bound)
+    before it is decoded; an oversized column the schema does not have is never read."""
+    out: list[Payload] = []
+
+    def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+        return _replace(table, name, values)
+
+    def write(table: pa.Table, **kw) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd", store_schema=False, **kw)
+        return sink.getvalue()
+
+    # one 64 KiB account id, referenced by 8192 rows through the dictionary: 512 MiB decoded
+    n = 8192
+    t = _tiled(base, n)
+    one = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array(["A" * (64 << 10)]))
+    out.append(Payload("dictionary_bomb_512MiB", write(with_column(t, "src_account", one)), n,
+                       frozenset({"too_large"})))
+    # one 1 MiB account id among 8192 rows: within the batch's budget, over the per-value cap
+    t = _tiled(base, n)
+    ids = t["dst_account"].to_pylist()
+    ids[0] = "B" * (1 << 20)
+    out.append(Payload("string_over_cap", write(with_column(t, "dst_account", pa.array(ids))), n,
+                       frozenset({"too_large"})))
+    # plain (no dictionary) constant strings, zstd: the footer honestly declares 64 MiB
+    k = 2048
+    t = _tiled(base, k)
+    plain = pa.array(["C" * (32 << 10)] * k)
+    plain_bomb = write(with_column(t, "src_account", plain), use_dictionary=False)
+    out.append(Payload("plain_zstd_bomb", plain_bomb, k, frozenset({"too_large"})))
+    # the same file with a footer that lies (claims ~1 KB): the page headers still tell
+    out.append(Payload("lying_footer_bomb", lie_about_sizes(plain_bomb), k, frozenset({"too_large"})))
+    # DELTA_BYTE_ARRAY: every value may repeat most of its predecessor, so a page of a few KiB
+    # can stand for any amount of data: refused as an encoding
+    t = _tiled(base, 512)
+    delta = write(t, use_dictionary=False, column_encoding={"src_account": "DELTA_BYTE_ARRAY"})
+    out.append(Payload("delta_byte_array", delta, 512, frozenset({"format"})))
+    # a bomb in a column the schema does not have is never decoded: the batch is accepted
+    extra = base.append_column("junk", pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(base.num_rows, np.int32)), pa.array(["D" * (60 << 10)])))
+    out.append(Payload("bomb_in_extra_column", write(extra), base.num_rows, frozenset({"accepted"}), {}))
     return out

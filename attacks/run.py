@@ -84,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     results += container_classes(con, nights.nights[0][members[0]], stale_file.read_bytes(), rng,
                                  args.quick, canary)
     results += bank_classes(con, first[members[0]], stale_dir, work / "bankside")
-    log(f"# container and bank classes done in {time.monotonic() - started:.0f} s", flush=True)
+    from attacks.data_attacks import bomb_class, merge_classes
+
+    results += bomb_class(con, nights.nights[0][members[1]], members[1], first_sequence=900)
+    results += merge_classes(members, nights.nights[0], nights.nights[1] if len(nights.nights) > 1 else None,
+                             canary)
+    log(f"# container, bank and data classes done in {time.monotonic() - started:.0f} s", flush=True)
 
     lost, leaks, figures = 0, [], {}
     if args.no_flow:

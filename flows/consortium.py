@@ -46,7 +46,8 @@ CRASH_STEPS = ("verified", "unsealed", "detected", "delivered", "committed")
 # Errors inside the enclave that are the batch's fault: quarantine it and go on. Any other
 # error there (keys missing, a bug) fails the run and leaves the batch in the inbox.
 BATCH_FAULT_CODES = frozenset({"format", "tampered", "truncated", "trailing_data", "bad_signature",
-                               "wrong_recipient", "expired", "not_a_member", "schema", "bad_input"})
+                               "wrong_recipient", "expired", "not_a_member", "schema", "bad_input",
+                               "too_large", "resource_exhausted"})
 ARTIFACT_SUMMARY_KEY = "consortium-run-summary"
 ARTIFACT_BATCHES_KEY = "consortium-run-batches"
 
@@ -233,7 +234,7 @@ def _publish(summary: dict, candidates: list[dict]) -> None:
     labels = {"accepted": "batches accepted", "rejected": "batches rejected", "skipped": "batches skipped (already processed)",
               "rows": "rows received (a cross-bank payment counts once per bank)",
               "rows_quarantined": "rows quarantined by validation", "cross_bank": "cross-bank payments reconciled",
-              "conflicts": "payments whose two copies disagree (kept out)", "alerts": "alerts (all banks)"}
+              "conflicts": "payments whose two copies disagree (kept apart, one row per bank)", "alerts": "alerts (all banks)"}
     for k, label in labels.items():
         lines.append(f"| {label} | {summary.get(k, 0)} |")
     if summary.get("patterns"):
@@ -295,6 +296,12 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                         _quarantine(Path(inbox), cand, _coded(exc))
                         c.update(status="rejected", code=exc.cause_code)
                         continue
+                    except Exception:  # the worker died (killed, out of memory): no code came back
+                        culprit = _quarantine_worker_death(edir, Path(inbox), work, accepted)
+                        if culprit is None:
+                            raise
+                        raise InternalError(f"the enclave worker died while unsealing batch {culprit}; that batch "
+                                            "was quarantined (resource_exhausted); run again for the others") from None
                     c.update(quarantined=res["quarantined"], reasons=res["reasons"])
                     unsealed.append((c, res))
                 millis["unseal"] = int((time.perf_counter() - start) * 1000)
@@ -320,6 +327,7 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                         rows=sum(r["rows"] for _, r in unsealed),
                         rows_quarantined=sum(r["quarantined"] for _, r in unsealed),
                         cross_bank=sealed["merge"]["cross_bank"], conflicts=sealed["merge"]["conflicts"],
+                        conflicts_by_bank=sealed["conflicts_by_bank"], foreign_by_bank=sealed["foreign_by_bank"],
                         history_rows=sealed["history"]["rows"],
                         patterns=sealed["patterns"], alerts=sum(sealed["patterns"].values()),
                         outbox={b: str(Path(outbox) / b / f"{run_id}{ALERT_SUFFIX}") for b in sealed["alerts"]},
@@ -337,6 +345,27 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
         summary["batches"] = candidates
         _publish(summary, candidates)
         return summary
+
+
+def _quarantine_worker_death(edir: Path, inbox: Path, work: Path, accepted: list[dict]) -> str | None:
+    """The enclave worker died while unsealing: the batch it was on (its marker is still in the
+    work area) is quarantined as `resource_exhausted`, so it cannot stop every later run.
+    This run still fails (its worker is gone); the next run processes the other batches. With
+    more than one batch in flight nobody can tell which one was to blame: none is quarantined."""
+    from aml.enclave.tasks import unsealing_marker
+    from aml.errors import ResourceExhaustedError
+
+    dying = [c for c in accepted if unsealing_marker(work, c["batch_id"]).exists()]
+    if len(dying) != 1:
+        return None
+    c = dying[0]
+    cand = Candidate(**c)
+    exc = ResourceExhaustedError("the enclave worker died while unsealing this batch", batch_id=c["batch_id"])
+    with Ledger(edir) as ledger:
+        ledger.record_rejection(cand.file, cand.sha256, cand.bank, exc.code)
+    _quarantine(inbox, cand, exc)
+    c.update(status="rejected", code=exc.code)
+    return c["batch_id"]
 
 
 def _coded(exc: EnclaveTaskError) -> AmlError:

@@ -44,10 +44,11 @@ def test_two_agreeing_copies_become_one_row_submitted_by_both():
     assert m.counts["cross_bank"] == 1 and m.counts["conflicts"] == 0
 
 
-def test_disagreeing_copies_are_kept_out_and_counted():
+def test_disagreeing_copies_are_kept_apart_each_as_its_banks_own_and_counted():
     m = merge_batches([("B01", txns([row("t1"), row("t2")])), ("B02", txns([row("t1", amount=999.0)]))])
-    assert m.merged.column("txn_id").to_pylist() == ["t2"]
-    assert m.counts["conflicts"] == 1
+    got = [(r["txn_id"], r["amount"], r["submitted_by"]) for r in m.merged.to_pylist()]
+    assert got == [("t1", 100.0, ["B01"]), ("t1", 999.0, ["B02"]), ("t2", 100.0, ["B01"])]
+    assert m.counts["conflicts"] == 1 and m.conflicts_by_bank == {"B01": 1, "B02": 1}
 
 
 def test_labels_combine_and_labelled_rows_are_not_new():
@@ -73,14 +74,25 @@ def test_history_joins_later_copy_and_same_bank_resend_replaces():
     assert later.counts["history_rows"] == 2
 
 
-def test_one_disagreeing_copy_among_three_makes_a_conflict_and_a_resend_can_clear_it():
+def test_a_copy_from_a_bank_not_on_the_row_is_dropped_and_the_payment_kept():
     agree = [("B01", txns([row("t1")])), ("B02", txns([row("t1")]))]
     m = merge_batches(agree + [("B03", txns([row("t1", src="other")]))])
-    assert m.merged.num_rows == 0 and m.counts["conflicts"] == 1
-    # B03 corrects its copy in a later batch of the same run: its latest copy counts.
-    fixed = merge_batches(agree + [("B03", txns([row("t1", src="other")])), ("B03", txns([row("t1")]))])
-    assert fixed.merged.column("submitted_by").to_pylist() == [["B01", "B02", "B03"]]
+    assert m.merged.column("submitted_by").to_pylist() == [["B01", "B02"]]
+    assert m.merged.column("src_account").to_pylist() == ["a1"]
+    assert m.counts["conflicts"] == 0 and m.counts["foreign_copies"] == 1 and m.foreign_by_bank == {"B03": 1}
+
+
+def test_a_conflict_clears_when_the_bank_resends_an_agreeing_copy():
+    m = merge_batches([("B01", txns([row("t1")])), ("B02", txns([row("t1", src="other")]))])
+    assert m.merged.num_rows == 2 and m.counts["conflicts"] == 1
+    # B02 corrects its copy in a later batch of the same run: its latest copy counts.
+    fixed = merge_batches([("B01", txns([row("t1")])), ("B02", txns([row("t1", src="other")])),
+                           ("B02", txns([row("t1")]))])
+    assert fixed.merged.column("submitted_by").to_pylist() == [["B01", "B02"]]
     assert fixed.counts["conflicts"] == 0 and fixed.counts["cross_bank"] == 1
+    # ... or in a later run, against the history
+    later = merge_batches([("B02", txns([row("t1")]))], m.history())
+    assert later.merged.column("submitted_by").to_pylist() == [["B01", "B02"]]
 
 
 def test_batches_without_rows_merge_to_an_empty_table_with_history_kept():
@@ -134,16 +146,19 @@ def test_window_is_measured_from_the_latest_transaction():
 
 
 def test_merge_output_order_and_conflicts_with_history_and_many_batches():
-    # Output is ordered by (timestamp, txn_id) whatever the arrival order; a conflict in the
-    # middle of the order leaves every other payment, with its own banks and label, in place.
+    # Output is ordered by (timestamp, txn_id, src_bank, dst_bank, submitting bank) whatever the
+    # arrival order; a conflict in the middle of the order keeps both copies apart and leaves
+    # every other payment, with its own banks and label, in place.
     hist = merge_batches([("B01", txns([row("h2", day=2, label=0), row("h1", day=1)]))]).history()
     m = merge_batches([("B02", txns([row("c", day=1, amount=5.0), row("b", day=1), row("h1", day=1)])),
                        ("B01", txns([row("c", day=1, amount=6.0), row("a", day=3, label=1)]))], hist)
-    assert m.merged.column("txn_id").to_pylist() == ["b", "h1", "h2", "a"]
-    assert m.merged.column("submitted_by").to_pylist() == [["B02"], ["B01", "B02"], ["B01"], ["B01"]]
-    assert m.merged.column("label").to_pylist() == [None, None, 0, 1]
-    assert m.merged.column("is_new").to_pylist() == [True, True, False, False]
-    assert m.counts == {"rows": 4, "new_rows": 2, "cross_bank": 1, "conflicts": 1, "history_rows": 2}
+    assert m.merged.column("txn_id").to_pylist() == ["b", "c", "c", "h1", "h2", "a"]
+    assert m.merged.column("amount").to_pylist() == [100.0, 6.0, 5.0, 100.0, 100.0, 100.0]
+    assert m.merged.column("submitted_by").to_pylist() == [["B02"], ["B01"], ["B02"], ["B01", "B02"], ["B01"], ["B01"]]
+    assert m.merged.column("label").to_pylist() == [None, None, None, None, 0, 1]
+    assert m.merged.column("is_new").to_pylist() == [True, True, True, True, False, False]
+    assert m.counts == {"rows": 6, "new_rows": 4, "cross_bank": 1, "conflicts": 1, "foreign_copies": 0,
+                        "history_rows": 2}
 
 
 # --- ledger, lock, work area ----------------------------------------------------------------

@@ -22,10 +22,6 @@ from aml.schema import TRANSACTION_SCHEMA
 _SEP = "\x1f"  # joins bank and account into one node key; never appears in ids
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False)
-
-
 def _array(table: pa.Table, name: str) -> pa.Array:
     col = table.column(name)
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
@@ -85,8 +81,9 @@ class TransactionGraph:
 
         `is_new` defaults to "label is null". `submitted_by` defaults to the banks among
         src_bank/dst_bank that are members (`members`, default: every bank seen). Rows that
-        share a txn_id (a payment between two members arrives from both sides) become one edge
-        whose `submitted_by` is the union.
+        repeat a payment (a payment between two members arrives from both sides) are reconciled
+        by the enclave merge's rule (`_merge_duplicate_rows`): a payment is (txn_id, src_bank,
+        dst_bank), never txn_id alone.
         """
         missing = [c for c in TRANSACTION_SCHEMA.names
                    if TRANSACTION_SCHEMA.field(c).nullable is False and c not in table.column_names]
@@ -186,51 +183,34 @@ class TransactionGraph:
 
     @staticmethod
     def _merge_duplicate_rows(table: pa.Table, members: list[str] | None) -> pa.Table:
-        """One row per txn_id; submitted_by is the union over its rows.
-
-        Rare (the enclave's merge already reconciles copies), so it goes through pandas. The
-        first row of a txn_id gives its fields; a row is new if any copy is unlabelled; of two
-        labels the higher (confirmed laundering) wins.
+        """Rows that repeat a payment become one edge, by the enclave merge's one rule
+        (`aml.enclave.merge.reconcile`): a payment is (txn_id, src_bank, dst_bank); copies that
+        agree become one edge (labels: the higher wins; new if any copy is new and the label is
+        unknown); copies that disagree stay separate edges. With `submitted_by`, each listed bank
+        is a submitting copy (only the row's own banks count); without it, each row is a copy
+        of its own and `submitted_by` keeps its default (the member banks on the row).
         """
+        from aml.enclave.merge import _Copies, reconcile
+
         n = table.num_rows
-        if "label" in table.column_names:
-            label = table.column("label").cast(pa.float64()).fill_null(np.nan) \
-                .to_numpy(zero_copy_only=False)
-        else:
-            label = np.full(n, np.nan)
         if "is_new" in table.column_names:
-            is_new = table.column("is_new").fill_null(False).to_numpy(zero_copy_only=False)
+            new = _array(table, "is_new").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+        elif "label" in table.column_names:
+            new = pc.is_null(_array(table, "label")).to_numpy(zero_copy_only=False)
         else:
-            is_new = np.isnan(label)
+            new = np.ones(n, dtype=bool)
         if "submitted_by" in table.column_names:
-            submitted = [tuple(s or ()) for s in table.column("submitted_by").to_pylist()]
-        else:
-            member_set = set(members) if members is not None else None
-            submitted = [
-                tuple(b for b in dict.fromkeys((s, d)) if member_set is None or b in member_set)
-                for s, d in zip(_column(table, "src_bank"), _column(table, "dst_bank"))]
-        df = pd.DataFrame({"txn_id": _column(table, "txn_id").astype(object), "row": np.arange(n),
-                           "label": label, "is_new": is_new.astype(bool),
-                           "submitted_by": submitted})
-        dup = df["txn_id"].duplicated(keep=False).to_numpy()
-        single, multi = df[~dup], df[dup]
-        union = (multi[["txn_id", "submitted_by"]].explode("submitted_by").dropna()
-                 .groupby("txn_id", sort=False)["submitted_by"]
-                 .agg(lambda s: tuple(dict.fromkeys(s))))
-        grouped = multi.groupby("txn_id", sort=False)
-        merged = multi.drop_duplicates("txn_id").set_index("txn_id")
-        merged["submitted_by"] = [union.get(t, ()) for t in merged.index]
-        merged["is_new"] = grouped["is_new"].any().reindex(merged.index)
-        merged["label"] = grouped["label"].max().reindex(merged.index)
-        out = pd.concat([single, merged.reset_index()], ignore_index=True)
-        rows = pa.array(out["row"].to_numpy())
-        keep = [c for c in TRANSACTION_SCHEMA.names if c in table.column_names and c != "label"]
-        result = table.select(keep).take(rows)
-        result = result.append_column("label", pa.array(out["label"].to_numpy(), pa.float64(),
-                                                        from_pandas=True))
-        result = result.append_column("is_new", pa.array(out["is_new"].to_numpy(), pa.bool_()))
-        return result.append_column("submitted_by", pa.array(
-            [list(s) for s in out["submitted_by"]], pa.list_(pa.string())))
+            submitted = _array(table, "submitted_by")
+            parents = pc.list_parent_indices(submitted)
+            flat = pc.list_flatten(submitted)
+            names = sorted(pc.unique(flat).to_pylist())
+            codes = pc.index_in(flat, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
+            copies = _Copies(names)
+            copies.add(table, codes, new[parents.to_numpy(zero_copy_only=False)], take=parents)
+            return reconcile(copies.done()).merged
+        copies = _Copies(range(n))
+        copies.add(table, np.arange(n), new)
+        return reconcile(copies.done(), submitters=False).merged.drop_columns(["submitted_by"])
 
     def _csr(self, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Edges are time-sorted, so a stable sort by node keeps each node's edges in time order.

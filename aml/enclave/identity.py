@@ -205,15 +205,17 @@ def seal_alerts(table, bank: str, bank_public: PublicKeys, enclave_keys: Enclave
     return container.seal_bytes(payload, header, bank_public, enclave_keys, pad=True, pad_to=pad_to)
 
 
-def open_batch(path_or_bytes, enclave_keys: EnclaveKeys, sender_public: PublicKeys, now: int | None = None):
+def open_batch(path_or_bytes, enclave_keys: EnclaveKeys, sender_public: PublicKeys, now: int | None = None,
+               limits=None):
     """Verify and decrypt one bank's sealed batch: (Header, pa.Table in TRANSACTION_SCHEMA).
-    Replay (sequence) checks stay with the caller's ledger: see `container.check_sequence`."""
+    The payload is checked against `limits` (`PayloadLimits`, default: the config's) before it
+    is decoded. Replay (sequence) checks stay with the caller's ledger: see `container.check_sequence`."""
+    from aml.enclave.payload import PayloadLimits, read_batch_payload
     from aml.schema import TRANSACTION_SCHEMA
 
     header, payload = container.open_bytes(path_or_bytes, enclave_keys, sender_public, container.ENCLAVE, now=now)
     if header.kind != "batch":
         raise FormatError(f"expected a batch file, got kind '{header.kind}'", batch_id=header.batch_id)
-    table = container.parquet_to_table(payload, TRANSACTION_SCHEMA)
-    if table.num_rows != header.row_count:
-        raise FormatError("row count does not match the header", batch_id=header.batch_id)
+    table = read_batch_payload(payload, TRANSACTION_SCHEMA, header.row_count,
+                               limits or PayloadLimits.from_config(), batch_id=header.batch_id)
     return header, table

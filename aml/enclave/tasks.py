@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from aml.enclave.runner import enclave_keys, enclave_log, enclave_task, hand_over, sole_worker, take_over
-from aml.errors import FormatError, MembershipError
+from aml.errors import FormatError, MembershipError, ResourceExhaustedError
 from aml.crypto.digest import sha256_file
 
 from prefect import get_run_logger
@@ -63,10 +63,49 @@ def _unsealed(work: Path, path: str):
     return table if table is not None else read_work_table(path)
 
 
+UNSEALING_DIR = "unsealing"
+# Test hook (like the flow's AML_CRASH_AT): "memory:<batch_id>" raises MemoryError and
+# "kill:<batch_id>" ends the worker process while it unseals that batch. Availability only:
+# whoever sets the enclave's environment can stop the worker anyway.
+UNSEAL_FAULT_ENV = "AML_TEST_UNSEAL_FAULT"
+
+
+def unsealing_marker(work_dir: str | Path, batch_id: str) -> Path:
+    """Present while a batch is being unsealed: left behind when the worker dies on it."""
+    return Path(work_dir) / UNSEALING_DIR / batch_id
+
+
+def _test_fault(batch_id: str) -> None:
+    import os
+
+    fault = os.environ.get(UNSEAL_FAULT_ENV, "")
+    if fault == f"memory:{batch_id}":
+        raise MemoryError
+    if fault == f"kill:{batch_id}":
+        os._exit(137)
+
+
 @enclave_task
 def unseal_batch(enclave_dir: str, batch_file: str, bank: str, batch_id: str, work_dir: str) -> dict:
     """Decrypt one bank's sealed batch, validate its rows and keep the good ones for the merge.
-    Returns the work-area name of the good rows and counts (quarantine reasons by code)."""
+    Returns the work-area name of the good rows and counts (quarantine reasons by code).
+
+    Running out of memory on a batch is the batch's fault (`resource_exhausted`); so is the
+    worker dying on it, which the flow tells from the marker this task leaves while it works."""
+    marker = unsealing_marker(work_dir, batch_id)
+    marker.parent.mkdir(mode=0o700, exist_ok=True)
+    marker.touch()
+    try:
+        _test_fault(batch_id)
+        return _unseal(enclave_dir, batch_file, bank, batch_id, work_dir)
+    except MemoryError:
+        raise ResourceExhaustedError("the enclave worker ran out of memory unsealing this batch",
+                                     batch_id=batch_id) from None
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _unseal(enclave_dir: str, batch_file: str, bank: str, batch_id: str, work_dir: str) -> dict:
     from aml.enclave.identity import load_members, open_batch
     from aml.schema import validate
 
@@ -123,6 +162,7 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
     del new, history  # the merged table holds every row now; detection needs the memory
     in_window = trim_to_window(merged.merged, window_days, keep=merged.merged.column("is_new"))
     merge_counts = merged.counts
+    merged_conflicts, merged_foreign = merged.conflicts_by_bank, merged.foreign_by_bank
     enclave_log(logger, "history_loaded", rows=history_rows, kept=max(0, in_window.num_rows - merge_counts["new_rows"]))
     enclave_log(logger, "merged", batches=len(batches), rows=in_window.num_rows,
                 cross_bank=merge_counts["cross_bank"], conflicts=merge_counts["conflicts"])
@@ -178,6 +218,9 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, run_sequence: 
         "alerts": alerts,
         "patterns": {str(k): int(v) for k, v in sorted(result.counts.items())},
         "merge": {k: int(v) for k, v in merge_counts.items()},
+        # per submitting bank: copies kept apart as conflicts, copies dropped as not its payment
+        "conflicts_by_bank": {str(b): int(n) for b, n in sorted(merged_conflicts.items())},
+        "foreign_by_bank": {str(b): int(n) for b, n in sorted(merged_foreign.items())},
         "history": {"path": str(history_path), "sha256": sha256_file(history_path), "rows": int(kept)},
         "model_hash": str(result.model_hash),
         "config_hash": str(result.config_hash),
