@@ -65,7 +65,7 @@ STATE_FAULTS = {
                     "put them back in the inbox, or quarantine them first"),
     "config": (ConfigError, "the history window would narrow the committed history (AML_HISTORY_DAYS); refused"),
     "not_a_member": (MembershipError, "the enclave's attestation or member table does not match its sealed state"),
-    "tampered": (RollbackError, "the enclave's sealed state failed authentication (altered); refusing to run"),
+    "tampered": (RollbackError, "the enclave's sealed state or history failed authentication (altered); refusing to run"),
 }
 ARTIFACT_SUMMARY_KEY = "consortium-run-summary"
 ARTIFACT_BATCHES_KEY = "consortium-run-batches"
@@ -338,9 +338,10 @@ def _rejections(candidates: list[dict]) -> list[dict]:
     return [{"bank": b, "code": code, "n": n} for (b, code), n in sorted(counts.items())]
 
 
-def _state_fault(exc: EnclaveTaskError) -> AmlError:
-    """A failure of the enclave's state checks, as a clear error (fixed text per code)."""
-    if exc.cause_code in STATE_FAULTS:
+def _state_fault(exc: EnclaveTaskError, window_checked: bool = False) -> AmlError:
+    """A failure of the enclave's state checks, as a clear error (fixed text per code).
+    `window_checked`: the task's only ConfigError is the window check (`check_state`)."""
+    if exc.cause_code in STATE_FAULTS and (exc.cause_code != "config" or window_checked):
         cls, message = STATE_FAULTS[exc.cause_code]
         return cls(message)
     return exc
@@ -360,7 +361,7 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
         try:
             state = state_check.result()
         except EnclaveTaskError as exc:
-            raise _state_fault(exc) from None
+            raise _state_fault(exc, window_checked=True) from None
         for c in candidates:  # the enclave's word on refused members wins over the outside's
             if c["status"] == "accepted" and c["bank"] in state["refused"]:
                 c.update(status="held", code="member_key_mismatch")
