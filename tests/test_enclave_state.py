@@ -108,6 +108,18 @@ def test_in_the_image_the_flow_ignores_path_parameters(monkeypatch, tmp_path):
         runner.enclave_keys(tmp_path / "elsewhere")
 
 
+def test_the_image_entrypoint_fixes_the_paths_whatever_the_contract_env_says(monkeypatch, tmp_path):
+    import aml.run
+    from aml.enclave import entrypoint
+
+    monkeypatch.setenv(entrypoint.FIXED_ROOT_ENV, str(tmp_path / "operator-chosen"))
+    monkeypatch.setattr(entrypoint, "prepare", lambda *a: tmp_path / "attestation.json")
+    seen = {}
+    monkeypatch.setattr(aml.run, "serve", lambda *a, **k: seen.update(layout=entrypoint.fixed_layout()) or 0)
+    assert entrypoint.main([]) == 0
+    assert seen["layout"] == entrypoint.layout(entrypoint.DATA_ROOT)
+
+
 # --- findings 7 and 9: attempts, the MAC chain, the counter --------------------------------------
 def _commit(world, run_id: str, batches: list[dict], withdrawn: list[str] = (), window: float = 30.0) -> None:
     """What a run does to the state and the ledger: attempt (inside), commit (outside), check (inside)."""
