@@ -131,6 +131,7 @@ def _commit(world, run_id: str, batches: list[dict], withdrawn: list[str] = (), 
     with Ledger(edir) as ledger:
         ledger.commit_run(run_id, [BatchRecord(**b) for b in batches], f"history-{run_id}.aes", {},
                           head=head, window_days=window, seq=seq)
+    (edir / "state" / f"history-{run_id}.aes").write_bytes(b"sealed history stand-in")
     assert verified_state(edir, keys)["counter"] == seq
 
 
@@ -210,8 +211,12 @@ def test_a_crash_after_the_commit_is_picked_up_by_the_next_check(world):
     with Ledger(edir) as ledger:
         ledger.commit_run("run-1", [BatchRecord(**_batch(1))], "history-run-1.aes", {}, head=head,
                           window_days=30.0, seq=seq)
+    (edir / "state" / "history-run-1.aes").write_bytes(b"sealed history stand-in")
     state = verified_state(edir, keys)  # the enclave never saw the commit happen: it catches up
     assert (state["counter"], state["pending"], state["history"]) == (1, None, "history-run-1.aes")
+    (edir / "state" / "history-run-1.aes").unlink()  # the history deleted: refused, not started afresh
+    with pytest.raises(RollbackError, match="history file is missing"):
+        verified_state(edir, keys)
 
 
 # --- through the real flow -------------------------------------------------------------------------

@@ -160,6 +160,8 @@ def verified_state(enclave_dir: Path, keys) -> dict:
                             "the ledger or the history was rolled back or altered; refusing to run")
     if runs and runs[-1]["history"] != state["history"]:
         raise RollbackError("the ledger names another history file than the enclave committed")
+    if state["history"] and not (_state_path(enclave_dir).parent / state["history"]).is_file():
+        raise RollbackError("the committed history file is missing; refusing to run without it")
     return state
 
 
