@@ -10,8 +10,9 @@ findings 3, 7 and 9), through the real flow (`aml run` subprocesses on the suite
                      (one moved out of the inbox) must be refused; with the batch back, the rerun
                      commits every batch exactly once.
   ledger_rollback    after a committed run: the ledger deleted (rolled back to before the run),
-                     the enclave's sealed state deleted, the history window narrowed with
-                     AML_HISTORY_DAYS: each run refused with its code, nothing processed again.
+                     the enclave's sealed state deleted, the history file deleted, the history
+                     window narrowed with AML_HISTORY_DAYS: each run refused with its code,
+                     nothing processed again.
 
 The sender_key_id mismatch (a file signed with the real Ed25519 key, naming another key id) is
 a case of the flow attack run (`attacks.flowrun._attack_cases`).
@@ -116,16 +117,19 @@ def state_classes(con, first: dict[str, Path], root: Path, runner, log) -> list[
 
     # phase 3, side by side on copies of the committed enclave: roll back, delete, narrow
     cases = {}
-    for name in ("ledger-deleted", "state-deleted", "window-narrowed"):
+    for name in ("ledger-deleted", "state-deleted", "history-deleted", "window-narrowed"):
         cases[name] = _copy_of(root / "query", root / f"rollback-{name}")
     for f in (cases["ledger-deleted"][0] / "state").glob("ledger.sqlite*"):
         f.unlink()
     (cases["state-deleted"][0] / "state" / "enclave-state.json").unlink()
+    for f in (cases["history-deleted"][0] / "state").glob("history-*.aes"):
+        f.unlink()
     t0 = time.monotonic()
     procs = {name: runner.start(f"rollback-{name}", *paths,
                                 **({"AML_HISTORY_DAYS": "1"} if name == "window-narrowed" else {}))
              for name, paths in cases.items()}
-    expected = {"ledger-deleted": "rollback", "state-deleted": "rollback", "window-narrowed": "config"}
+    expected = {"ledger-deleted": "rollback", "state-deleted": "rollback", "history-deleted": "rollback",
+                "window-narrowed": "config"}
     for name, proc in procs.items():
         rc, err = runner.finish(*proc, t0, f"rollback-{name}")
         ledger = ledger_batches(cases[name][0])
