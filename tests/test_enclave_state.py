@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aml.crypto.container import ENCLAVE, Header, read_header, seal_bytes, table_to_parquet
 from aml.crypto.keys import BankKeyPair, PublicKeys, load_keypair, load_public
@@ -171,6 +172,48 @@ def test_a_missing_or_edited_enclave_state_is_refused(world):
     path.unlink()
     with pytest.raises(RollbackError, match="missing"):
         verified_state(edir, keys)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["counter", "head", "history", "window_days", "pending", "withdrawn", "attempts",
+                              "membership_hash"]),
+       value=st.one_of(st.integers(-5, 5), st.text(max_size=8), st.none(), st.lists(st.text(max_size=4), max_size=2)))
+def test_property_any_change_to_the_sealed_state_is_refused(world, field, value):
+    from aml.enclave.state import load_state
+
+    edir, keys = world["enclave"], world["keys"]
+    path = edir / "state" / "enclave-state.json"
+    original = path.read_text()
+    doc = json.loads(original)
+    if doc[field] == value:
+        return
+    path.write_text(json.dumps({**doc, field: value}))
+    try:
+        with pytest.raises(TamperedError):
+            load_state(edir, keys.storage_key, keys.key_id)
+    finally:
+        path.write_text(original)
+
+
+@settings(max_examples=60, deadline=None)
+@given(field=st.sampled_from(["batch_id", "bank", "sequence", "sha256", "rows"]), run_field=st.sampled_from(
+    ["run_id", "seq", "history", "window_days", None]))
+def test_property_any_change_to_a_committed_run_changes_the_chain(field, run_field):
+    from aml.enclave.state import chain_entry, next_head
+
+    key, head = b"k" * 32, "00" * 32
+    run = {"run_id": "run-1", "seq": 1, "history": "history-run-1.aes", "window_days": 30.0,
+           "batches": [_batch(1), _batch(2, "B02")]}
+    base = next_head(key, head, chain_entry(run["run_id"], run["seq"], run["history"], run["window_days"],
+                                            run["batches"]))
+    changed = json.loads(json.dumps(run))
+    b = changed["batches"][0]
+    b[field] = b[field] + 1 if isinstance(b[field], int) else b[field] + "x"
+    if run_field:
+        changed[run_field] = changed[run_field] + 1 if isinstance(changed[run_field], (int, float)) \
+            else changed[run_field] + "x"
+    assert next_head(key, head, chain_entry(changed["run_id"], changed["seq"], changed["history"],
+                                            changed["window_days"], changed["batches"])) != base
 
 
 def test_a_rerun_may_leave_out_pending_batches_only_when_they_were_quarantined(world):
