@@ -152,3 +152,19 @@ class RunBusyError(AmlError):
     """Another consortium run holds the enclave's run lock."""
 
     code = "busy"
+
+
+# --- added for the enclave's sealed state (aml/enclave/state.py) ------------------------------
+class RollbackError(VerificationError):
+    """The ledger, the history or the enclave's own state is older than (or differs from) what
+    the enclave last sealed: rolled back, altered or lost."""
+
+    code = "rollback"
+
+
+class PendingRunError(AmlError):
+    """An interrupted run is pending inside the enclave and this run leaves some of its batches
+    out without their having been quarantined."""
+
+    code = "pending_run"
+    exit_code = 2

@@ -6,6 +6,11 @@ SQLite at ENCLAVE_DIR/state/ledger.sqlite. Unique constraints on batch id, file 
 (bank, sequence) mean a batch can be recorded once only, whatever two runs try; a run records
 all its batches and its new history file in one transaction, so after a crash either all of a
 run counts or none of it does.
+
+The ledger itself is not trusted: each run row carries `head`, a MAC chained over every
+committed run (its batches, history file and window) under a key only the enclave holds, and
+the enclave keeps the head and a run counter in its own sealed state (`aml.enclave.state`).
+An older copy of this file, or an edited one, no longer matches and the next run refuses.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from aml.errors import RunBusyError
+from aml.errors import RollbackError, RunBusyError
 
 STATE_DIR_NAME = "state"
 LEDGER_FILE = "ledger.sqlite"
@@ -42,7 +47,9 @@ CREATE TABLE IF NOT EXISTS runs (
     seq        INTEGER NOT NULL UNIQUE,
     history    TEXT NOT NULL,
     finished   INTEGER NOT NULL,
-    summary    TEXT NOT NULL
+    summary    TEXT NOT NULL,
+    head       TEXT,
+    window_days REAL
 );
 CREATE TABLE IF NOT EXISTS rejections (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -95,6 +102,10 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
+        for name, kind in (("head", "TEXT"), ("window_days", "REAL")):  # ledgers from before the MAC chain
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -131,6 +142,17 @@ class Ledger:
         row = self._db.execute("SELECT history FROM runs ORDER BY seq DESC LIMIT 1").fetchone()
         return row[0] if row and row[0] else None
 
+    def chain_runs(self) -> list[dict]:
+        """Every committed run in order, with what the enclave's MAC chain covers."""
+        runs = [dict(zip(("run_id", "seq", "history", "window_days", "head"), r)) for r in self._db.execute(
+            "SELECT run_id, seq, history, window_days, head FROM runs ORDER BY seq")]
+        batches: dict[str, list[dict]] = {}
+        for b in self._db.execute("SELECT batch_id, bank, sequence, sha256, rows, run_id FROM batches"):
+            batches.setdefault(b[5], []).append(dict(zip(("batch_id", "bank", "sequence", "sha256", "rows"), b[:5])))
+        for r in runs:
+            r["batches"] = batches.get(r["run_id"], [])
+        return runs
+
     def run_exists(self, run_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
 
@@ -141,20 +163,27 @@ class Ledger:
             (file, sha256, bank, code, int(time.time())),
         )
 
-    def commit_run(self, run_id: str, batches: list[BatchRecord], history: str, summary: dict) -> int:
+    def commit_run(self, run_id: str, batches: list[BatchRecord], history: str, summary: dict,
+                   head: str | None = None, window_days: float | None = None, seq: int | None = None) -> int:
         """Record a finished run and every batch it processed, all or nothing.
 
         Raises sqlite3.IntegrityError (and records nothing) if any batch, hash or (bank,
-        sequence) was already recorded, so no batch is ever counted twice. Returns the run's
+        sequence) was already recorded, so no batch is ever counted twice. `head` and `seq`
+        come from the enclave (its MAC chain and run counter); a `seq` that is not the next
+        one means the ledger moved under the run: nothing is recorded. Returns the run's
         sequence number."""
         now = int(time.time())
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            seq = (db.execute("SELECT MAX(seq) FROM runs").fetchone()[0] or 0) + 1
+            next_seq = (db.execute("SELECT MAX(seq) FROM runs").fetchone()[0] or 0) + 1
+            if seq is not None and seq != next_seq:
+                raise RollbackError(f"the enclave sealed run {seq} but the ledger's next run is {next_seq}")
+            seq = next_seq
             db.execute(
-                "INSERT INTO runs (run_id, seq, history, finished, summary) VALUES (?, ?, ?, ?, ?)",
-                (run_id, seq, history, now, json.dumps(summary, sort_keys=True)),
+                "INSERT INTO runs (run_id, seq, history, finished, summary, head, window_days) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, seq, history, now, json.dumps(summary, sort_keys=True), head, window_days),
             )
             db.executemany(
                 "INSERT INTO batches (batch_id, bank, sequence, sha256, rows, run_id, recorded) "
@@ -166,3 +195,7 @@ class Ledger:
             raise
         db.execute("COMMIT")
         return seq
+
+    def set_summary(self, run_id: str, summary: dict) -> None:
+        """The run's counts, released by the enclave only after the commit."""
+        self._db.execute("UPDATE runs SET summary = ? WHERE run_id = ?", (json.dumps(summary, sort_keys=True), run_id))

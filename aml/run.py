@@ -47,6 +47,9 @@ def format_summary(summary: dict) -> str:
         lines.append(
             f"no new batches to process: {summary['rejected']} rejected, {summary['skipped']} skipped (already processed)"
         )
+    if summary.get("refused_members"):
+        lines.append("members refused (their key file differs from the attested membership; batches left in the "
+                     "inbox): " + ", ".join(summary["refused_members"]))
     if summary.get("millis"):
         lines.append("stage durations (ms): " + ", ".join(f"{k} {v}" for k, v in summary["millis"].items()))
     for c in summary.get("batches", []):

@@ -255,6 +255,10 @@ def _attack_cases(con: Consortium, table, rng: random.Random, canary: str, stale
     out.append(("forged_signature", name, data, {"bad_signature"}))
     name, data = con.craft(v, next(seq), payload, rows, signer=con.pair(banks[2]), sender_key_id=pair.key_id)
     out.append(("forged_signature", name, data, {"bad_signature"}))
+    # the member's real Ed25519 key (the signature verifies) but another sender_key_id
+    mixed = BankKeyPair(BankKeyPair.generate(v).x25519, pair.ed25519, v)
+    name, data = con.craft(v, next(seq), payload, rows, signer=mixed)
+    out.append(("sender_key_id", name, data, {"bad_signature"}))
     name, data = con.craft(banks[3], next(seq), payload, rows, recipient=banks[0])
     out.append(("wrong_recipient", name, data, {"wrong_recipient"}))
     out.append(("stale_enclave_key", stale.name, stale.read_bytes(), {"wrong_recipient"}))
@@ -454,6 +458,11 @@ def _flow_runs(con, nights, first, stale, work, rng, quick, canary, runner: Runn
     steps = ("delivered",) if quick else CRASH_STEPS
     log(f"# flow: crash injection at {', '.join(steps)}", flush=True)
     results["crash_recovery"] = crash_classes(con, first, work / "crash", steps, runner)
+
+    # --- the enclave's sealed state: membership, counts before commit, rollback (issue 14) ------
+    from attacks.enclave_state import state_classes
+
+    results.update({r.cls: r for r in state_classes(con, first, work / "state", runner, log)})
 
     # --- bookkeeping: nothing lost -------------------------------------------------------------
     ledger = ledger_batches(con.enclave_dir)

@@ -10,6 +10,15 @@ The run id is derived from the hashes of the batches the run processes, so a rer
 crash at any step processes the same batches under the same run id, overwrites the same
 outbox files with the same alerts and commits exactly once.
 
+The enclave keeps its own sealed state (aml/enclave/state.py): every run first checks that the
+ledger and history chain to it (`check_state`), the enclave records each attempt before it
+merges anything and refuses a rerun that leaves out batches of an interrupted attempt unless
+they were quarantined, and the run's counts stay sealed until the ledger commit
+(`release_counts`): nothing count-bearing reaches Prefect before then.
+
+In the enclave image (`aml.enclave.entrypoint`) the three paths are the image's, whatever the
+Prefect run's parameters say.
+
 Test hook: AML_CRASH_AT=<step> makes the flow process exit at once (os._exit, like SIGKILL) at
 that step: verified, unsealed, detected, delivered, committed. For crash-recovery tests only.
 """
@@ -31,10 +40,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aml.enclave.runner import EnclaveTaskRunner
-from aml.enclave.tasks import detect_and_seal, unseal_batch
+from aml.enclave.tasks import check_state, detect_and_seal, release_counts, unseal_batch
 from aml.enclave.workarea import remove_stale_work_areas, work_area
 from aml.errors import (
-    AmlError, BadInputError, ConfigError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError, ReplayError,
+    AmlError, BadInputError, ConfigError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError,
+    PendingRunError, ReplayError, RollbackError, SignatureError,
 )
 from aml.ledger import BatchRecord, Ledger, run_lock, state_dir
 from aml.crypto.digest import sha256_file
@@ -46,24 +56,57 @@ CRASH_STEPS = ("verified", "unsealed", "detected", "delivered", "committed")
 # Errors inside the enclave that are the batch's fault: quarantine it and go on. Any other
 # error there (keys missing, a bug) fails the run and leaves the batch in the inbox.
 BATCH_FAULT_CODES = frozenset({"format", "tampered", "truncated", "trailing_data", "bad_signature",
-                               "wrong_recipient", "expired", "not_a_member", "schema", "bad_input",
+                               "wrong_recipient", "expired", "not_a_member", "schema", "bad_input", "replay",
                                "too_large", "resource_exhausted"})
+# Errors inside the enclave about its state: fail the run with a clear message (no data in it).
+STATE_FAULTS = {
+    "rollback": (RollbackError, "the ledger, the history or the enclave's sealed state was rolled back or "
+                 "altered (it no longer matches the enclave's MAC chain and run counter); refusing to run"),
+    "pending_run": (PendingRunError, "an interrupted run is pending and this run leaves out some of its batches: "
+                    "put them back in the inbox, or quarantine them first"),
+    "config": (ConfigError, "the history window would narrow the committed history (AML_HISTORY_DAYS); refused"),
+    "not_a_member": (MembershipError, "the enclave's attestation or member table does not match its sealed state"),
+    "tampered": (RollbackError, "the enclave's sealed state or history failed authentication (altered); refusing to run"),
+}
 ARTIFACT_SUMMARY_KEY = "consortium-run-summary"
 ARTIFACT_BATCHES_KEY = "consortium-run-batches"
 
 
-def history_window_days() -> float:
-    """History window in days: AML_HISTORY_DAYS, default 30."""
+def history_window_days() -> tuple[float, str]:
+    """(history window in days, its source): AML_HISTORY_DAYS (an operator override, written
+    into every alert file's provenance; the enclave refuses one that narrows the committed
+    history) or the default, 30."""
     from aml.enclave.history import DEFAULT_WINDOW_DAYS
 
-    raw = os.environ.get("AML_HISTORY_DAYS", str(DEFAULT_WINDOW_DAYS))
+    raw = os.environ.get("AML_HISTORY_DAYS")
+    if raw is None:
+        return float(DEFAULT_WINDOW_DAYS), "default"
     try:
         days = float(raw)
     except ValueError:
         days = -1.0
     if not 0 < days < 10_000:
         raise ConfigError("AML_HISTORY_DAYS must be a positive number of days")
-    return days
+    return days, "AML_HISTORY_DAYS"
+
+
+def _paths(enclave_dir: str, inbox: str, outbox: str) -> tuple[str, str, str]:
+    """The run's paths: in the enclave image the image's own, whatever the parameters say."""
+    from aml.enclave.entrypoint import fixed_layout
+
+    fixed = fixed_layout()
+    if fixed is None:
+        return enclave_dir, inbox, outbox
+    return str(fixed["enclave"]), str(fixed["inbox"]), str(fixed["outbox"])
+
+
+def _quarantined_hashes(inbox: Path) -> set[str]:
+    """sha256 of every batch in INBOX/quarantine (from the reason files)."""
+    out = set()
+    for reason in (inbox / QUARANTINE_DIR).glob(f"*{BATCH_SUFFIX}.reason.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            out.add(json.loads(reason.read_text()).get("sha256"))
+    return out
 
 
 def _crash_point(step: str) -> None:
@@ -83,7 +126,7 @@ class Candidate:
     batch_id: str | None = None
     sequence: int | None = None
     rows: int | None = None
-    status: str = "pending"  # accepted | rejected | skipped
+    status: str = "pending"  # accepted | rejected | skipped | held (member refused: left in the inbox)
     code: str | None = None
     quarantined: int = 0  # rows the enclave quarantined (count only)
     reasons: dict = field(default_factory=dict)
@@ -122,15 +165,46 @@ def _enclave_key_id(enclave_dir: Path) -> str | None:
         return None
 
 
+def _attested_table(enclave_dir: Path) -> dict:
+    """The member table of the attestation statement (outside: unverified, advisory; the
+    enclave checks it against its sealed state)."""
+    from aml.crypto.keys import PublicKeys
+
+    try:
+        table = json.loads((enclave_dir / "attestation.json").read_text())["statement"]["members"]
+        return {b: PublicKeys.from_raw(bytes.fromhex(k["x25519"]), bytes.fromhex(k["ed25519"]), b)
+                for b, k in table.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise MembershipError("the enclave's attestation statement has no readable member table") from None
+
+
+def _refused_members(enclave_dir: Path, members: dict) -> set[str]:
+    """Members whose key file differs from the attested table (the enclave refuses them too)."""
+    from aml.crypto.keys import load_public
+
+    refused = set()
+    for bank, pub in members.items():
+        try:
+            if load_public(enclave_dir / "members" / f"{bank}.pub") != pub:
+                refused.add(bank)
+        except (AmlError, OSError):
+            refused.add(bank)
+    return refused
+
+
 @task(persist_result=False, cache_policy=NO_CACHE, log_prints=False)
 def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
     """Outside the enclave, no keys, no plaintext: check every sealed batch in the inbox and
-    quarantine the failures. Returns one record per file (header fields, hash, status)."""
+    quarantine the failures. Batches of refused members (their key file differs from the
+    attested table) stay in the inbox, unprocessed. Returns one record per file (header
+    fields, hash, status)."""
     from aml.crypto.container import check_sequence, read_header, verify_sender
-    from aml.enclave.identity import load_members
+    from aml.enclave.state import read_state_unverified
 
     edir, inbox_dir = Path(enclave_dir), Path(inbox)
-    members = load_members(edir)
+    members = _attested_table(edir)
+    refused = _refused_members(edir, members)
+    withdrawn = set(read_state_unverified(edir).get("withdrawn") or [])
     enclave_key = _enclave_key_id(edir)
     now = int(time.time())
     candidates: list[tuple[Candidate, object]] = []
@@ -155,6 +229,12 @@ def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
                     raise FormatError("not a batch file (kind is not 'batch')", batch_id=header.batch_id)
                 if header.sender not in members:
                     raise MembershipError("the sender is not a consortium member", batch_id=header.batch_id)
+                if header.sender in refused:  # the operator's fault, not the bank's: not quarantined
+                    c.status, c.code = "held", "member_key_mismatch"
+                    continue
+                if header.sender_key_id != members[header.sender].key_id:
+                    raise SignatureError("the header's sender_key_id is not the member's attested key id",
+                                         batch_id=header.batch_id)
                 verify_sender(path, members[header.sender], expected_recipient="enclave")
                 if enclave_key and header.recipient_key_id != enclave_key:
                     from aml.errors import WrongRecipientError
@@ -167,6 +247,9 @@ def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
                     continue
                 if seen is not None or ledger.has_hash(c.sha256):
                     raise ReplayError("this batch id was already processed with other contents",
+                                      batch_id=header.batch_id)
+                if c.sha256 in withdrawn:
+                    raise ReplayError("this batch was withdrawn from an interrupted run; seal its rows again",
                                       batch_id=header.batch_id)
                 if header.expires < now:
                     raise ExpiredError("the batch expired before it was processed", batch_id=header.batch_id)
@@ -197,7 +280,7 @@ def run_id_for(batch_hashes: list[str]) -> str:
 
 @task(persist_result=False, cache_policy=NO_CACHE, log_prints=False)
 def deliver_and_commit(enclave_dir: str, outbox: str, run_id: str, sealed: dict,
-                       batches: list[dict], summary: dict) -> dict:
+                       batches: list[dict], summary: dict, window_days: float) -> dict:
     """Outside again: move the sealed alert files to OUTBOX/<bank>/<run_id>.amla, then record the
     run's batches and new history in the ledger, all or nothing. Handles ciphertext only."""
     from aml.enclave.history import history_file_name
@@ -213,7 +296,8 @@ def deliver_and_commit(enclave_dir: str, outbox: str, run_id: str, sealed: dict,
     _crash_point("delivered")
     records = [BatchRecord(b["batch_id"], b["bank"], b["sequence"], b["sha256"], b["rows"]) for b in batches]
     with Ledger(edir) as ledger:
-        seq = ledger.commit_run(run_id, records, history_name, summary)
+        seq = ledger.commit_run(run_id, records, history_name, summary, head=sealed["head"],
+                                window_days=window_days, seq=sealed["run_sequence"])
     _crash_point("committed")
     # Older history files are superseded (the ledger names the current one).
     for old in state_dir(edir).glob("history-*.aes"):
@@ -240,6 +324,9 @@ def _publish(summary: dict, candidates: list[dict]) -> None:
     if summary.get("patterns"):
         lines += ["", "## Alerts per typology (all banks together)", "", "| pattern | alerts |", "|---|---|"]
         lines += [f"| {p} | {n} |" for p, n in sorted(summary["patterns"].items())]
+    if summary.get("refused_members"):
+        lines += ["", "## Members refused (key file differs from the attested membership)", ""]
+        lines += [f"- {b}" for b in summary["refused_members"]]
     if summary.get("rejections"):
         lines += ["", "## Rejected batches per bank", "", "| bank | reason | batches |", "|---|---|---|"]
         lines += [f"| {r['bank']} | {r['code']} | {r['n']} |" for r in summary["rejections"]]
@@ -259,29 +346,45 @@ def _rejections(candidates: list[dict]) -> list[dict]:
     return [{"bank": b, "code": code, "n": n} for (b, code), n in sorted(counts.items())]
 
 
+def _state_fault(exc: EnclaveTaskError, window_checked: bool = False) -> AmlError:
+    """A failure of the enclave's state checks, as a clear error (fixed text per code).
+    `window_checked`: the task's only ConfigError is the window check (`check_state`)."""
+    if exc.cause_code in STATE_FAULTS and (exc.cause_code != "config" or window_checked):
+        cls, message = STATE_FAULTS[exc.cause_code]
+        return cls(message)
+    return exc
+
+
 def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
     edir = Path(enclave_dir)
     millis: dict[str, int] = {}
+    window_days, window_source = history_window_days()
     with run_lock(edir):
         remove_stale_work_areas(edir)
         start = time.perf_counter()
+        # Ledger, history and membership against the enclave's sealed state, every run; checked
+        # inside while the inbox is checked outside (the worker's start-up overlaps).
+        state_check = check_state.submit(enclave_dir=enclave_dir, window_days=window_days)
         candidates = verify_inbox(enclave_dir, inbox)
+        try:
+            state = state_check.result()
+        except EnclaveTaskError as exc:
+            raise _state_fault(exc, window_checked=True) from None
+        for c in candidates:  # the enclave's word on refused members wins over the outside's
+            if c["status"] == "accepted" and c["bank"] in state["refused"]:
+                c.update(status="held", code="member_key_mismatch")
         millis["verify"] = int((time.perf_counter() - start) * 1000)
         accepted = [c for c in candidates if c["status"] == "accepted"]
         summary: dict = {"run_id": None, "accepted": 0, "rows": 0, "rows_quarantined": 0, "alerts": 0,
-                         "patterns": {}, "outbox": {}, "millis": millis}
+                         "patterns": {}, "outbox": {}, "millis": millis, "refused_members": state["refused"]}
         if accepted:
             _crash_point("verified")
-            with Ledger(edir) as ledger:
-                run_sequence = ledger.next_run_sequence()
-                history_name = ledger.current_history()
-            history_file = str(Path(edir) / "state" / history_name) if history_name else None
-            history_run = history_name[len("history-"):-len(".aes")] if history_name else None
             work_name = run_id_for([c["sha256"] for c in accepted])
             with work_area(edir, work_name) as work:
                 start = time.perf_counter()
                 futures = [(c, unseal_batch.submit(enclave_dir=enclave_dir, batch_file=str(Path(inbox) / c["file"]),
-                                                   bank=c["bank"], batch_id=c["batch_id"], work_dir=str(work)))
+                                                   bank=c["bank"], batch_id=c["batch_id"], work_dir=str(work),
+                                                   sha256=c["sha256"]))
                            for c in accepted]
                 unsealed = []
                 for c, fut in futures:
@@ -289,7 +392,7 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                         res = fut.result()
                     except EnclaveTaskError as exc:
                         if exc.cause_code not in BATCH_FAULT_CODES:
-                            raise  # the enclave's own fault (keys, bug): fail the run, keep the batch
+                            raise _state_fault(exc) from None  # the enclave's own fault: keep the batch
                         cand = Candidate(**c)
                         with Ledger(edir) as ledger:
                             ledger.record_rejection(cand.file, cand.sha256, cand.bank, exc.cause_code)
@@ -312,13 +415,19 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                     run_id = run_id_for([c["sha256"] for c, _ in unsealed])
                     provenance = {"run_id": run_id, "batches": sorted(c["batch_id"] for c, _ in unsealed),
                                   "batch_sha256": sorted(c["sha256"] for c, _ in unsealed)}
+                    batches = [{"bank": c["bank"], "batch_id": c["batch_id"], "path": r["path"], "sequence": c["sequence"],
+                                "sha256": c["sha256"], "rows": r["rows"]} for c, r in unsealed]
+                    # Batches of an interrupted attempt that have since been quarantined may be left out.
+                    withdrawn = sorted(set(state["pending"]) & _quarantined_hashes(Path(inbox)))
                     start = time.perf_counter()
-                    sealed = detect_and_seal.submit(
-                        enclave_dir=enclave_dir, work_dir=str(work), run_id=run_id, run_sequence=run_sequence,
-                        batches=[{"bank": r["bank"], "batch_id": r["batch_id"], "path": r["path"]} for _, r in unsealed],
-                        history_file=history_file, history_run_id=history_run,
-                        window_days=history_window_days(), provenance=provenance,
-                    ).result()
+                    try:
+                        sealed = detect_and_seal.submit(
+                            enclave_dir=enclave_dir, work_dir=str(work), run_id=run_id, batches=batches,
+                            withdrawn=withdrawn, window_days=window_days, window_source=window_source,
+                            provenance=provenance,
+                        ).result()
+                    except EnclaveTaskError as exc:
+                        raise _state_fault(exc) from None
                     millis["enclave_detect"] = int((time.perf_counter() - start) * 1000)
                     millis.update({f"inside_{k}": v for k, v in sealed["millis"].items()})
                     _crash_point("detected")
@@ -326,19 +435,25 @@ def _run(enclave_dir: str, inbox: str, outbox: str) -> dict:
                         run_id=run_id, accepted=len(unsealed),
                         rows=sum(r["rows"] for _, r in unsealed),
                         rows_quarantined=sum(r["quarantined"] for _, r in unsealed),
-                        cross_bank=sealed["merge"]["cross_bank"], conflicts=sealed["merge"]["conflicts"],
-                        conflicts_by_bank=sealed["conflicts_by_bank"], foreign_by_bank=sealed["foreign_by_bank"],
-                        history_rows=sealed["history"]["rows"],
-                        patterns=sealed["patterns"], alerts=sum(sealed["patterns"].values()),
                         outbox={b: str(Path(outbox) / b / f"{run_id}{ALERT_SUFFIX}") for b in sealed["alerts"]},
                         model_hash=sealed["model_hash"], config_hash=sealed["config_hash"],
+                        window_days=window_days, window_source=window_source,
                     )
                     start = time.perf_counter()
-                    batches = [{"batch_id": c["batch_id"], "bank": c["bank"], "sequence": c["sequence"],
-                                "sha256": c["sha256"], "rows": r["rows"]} for c, r in unsealed]
-                    ledger_summary = {k: summary[k] for k in ("accepted", "rows", "rows_quarantined", "alerts", "patterns")}
-                    deliver_and_commit(enclave_dir, outbox, run_id, sealed, batches, ledger_summary)
+                    ledger_summary = {k: summary[k] for k in ("accepted", "rows", "rows_quarantined")}
+                    deliver_and_commit(enclave_dir, outbox, run_id, sealed, batches, ledger_summary, window_days)
                     millis["deliver_commit"] = int((time.perf_counter() - start) * 1000)
+                    # Committed: only now does the enclave let the run's counts out.
+                    counts = release_counts.submit(enclave_dir=enclave_dir, work_dir=str(work), run_id=run_id).result()
+                    summary.update(
+                        cross_bank=counts["merge"]["cross_bank"], conflicts=counts["merge"]["conflicts"],
+                        conflicts_by_bank=counts["conflicts_by_bank"], foreign_by_bank=counts["foreign_by_bank"],
+                        history_rows=counts["history"]["rows"], patterns=counts["patterns"],
+                        alerts=sum(counts["patterns"].values()),
+                    )
+                    with Ledger(edir) as ledger:
+                        ledger.set_summary(run_id, {k: summary[k] for k in (
+                            "accepted", "rows", "rows_quarantined", "alerts", "patterns")})
         summary["rejected"] = sum(c["status"] == "rejected" for c in candidates)
         summary["skipped"] = sum(c["status"] == "skipped" for c in candidates)
         summary["rejections"] = _rejections(candidates)
@@ -394,7 +509,7 @@ def consortium_run(enclave_dir: str, inbox: str, outbox: str) -> dict:
     failure: AmlError | None = None
     try:
         with _one_prefect_server():
-            return _run(enclave_dir, inbox, outbox)
+            return _run(*_paths(enclave_dir, inbox, outbox))
     except AmlError as exc:
         failure = exc
     except Exception as exc:  # its message may hold anything: keep only the type name

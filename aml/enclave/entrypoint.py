@@ -25,6 +25,9 @@ from pathlib import Path
 from aml.errors import AmlError, AttestationError, BadInputError, MembershipError
 
 DATA_ROOT = Path("/var/lib/enclave-aml")
+# Set by `main` (never read from the contract): while set, the consortium flow and the enclave
+# worker use this layout's paths and ignore the paths a Prefect run was started with.
+FIXED_ROOT_ENV = "AML_IMAGE_DATA_ROOT"
 HYPERPROTECT_DIR = Path("/var/hyperprotect")  # se-checksums.txt, se-signature.bin (mounted read-only)
 
 
@@ -36,6 +39,12 @@ def layout(root: Path) -> dict[str, Path]:
         "members": root / "inbox" / "members",  # ID.pub files, checked against AML_MEMBERS
         "chain": root / "inbox" / "hyperprotect-chain.pem",  # IBM attestation cert + intermediate
     }
+
+
+def fixed_layout() -> dict[str, Path] | None:
+    """The image's fixed paths when running in the enclave image, else None."""
+    root = os.environ.get(FIXED_ROOT_ENV)
+    return layout(Path(root)) if root else None
 
 
 def _check_members(members_dir: Path, expected_json: str | None) -> None:
@@ -120,6 +129,9 @@ def take_settings(environ: dict = os.environ) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     environ = take_settings()
     try:
+        # Overwrites whatever the contract's env section says: the flow runs (started by Prefect,
+        # with parameters anyone with API access can set) inherit it and use the image's paths.
+        environ[FIXED_ROOT_ENV] = str(DATA_ROOT)
         published = prepare(DATA_ROOT, HYPERPROTECT_DIR, environ)
         print(f"aml: enclave attestation published at {published}", file=sys.stderr)
         from aml.run import serve

@@ -149,6 +149,11 @@ def init_enclave(enclave_dir: Path, members_dir: Path, force: bool = False) -> d
     _write_json(paths["attestation"], {
         "format": ATTESTATION_FORMAT, "verifier": "simulated", "statement": statement, "evidence": evidence,
     })
+    from aml.enclave.state import init_state
+
+    # The enclave's sealed state starts here, bound to this key and this membership: at run
+    # time the enclave uses the attested member table and refuses key files that differ.
+    init_state(enclave_dir, keys.storage_key, keys.key_id, statement["membership_hash"])
     _write_json(paths["policy"], {
         "format": POLICY_FORMAT, "verifier": "simulated", "allowed_measurements": [statement["measurement"]],
         "membership_hash": statement["membership_hash"], "trust": {"authority_public": evidence["authority_public"]},
@@ -179,7 +184,8 @@ def load_enclave_keys(enclave_dir: Path) -> EnclaveKeys:
 
 
 def load_members(enclave_dir: Path) -> dict[str, PublicKeys]:
-    """bank id -> public keys, from ENCLAVE_DIR/members/*.pub."""
+    """bank id -> public keys, from ENCLAVE_DIR/members/*.pub. Untrusted files: inside the
+    enclave the member table is the attested one (`aml.enclave.state.attested_members`)."""
     return _member_keys(_paths(enclave_dir)["members"])
 
 
@@ -211,8 +217,13 @@ def open_batch(path_or_bytes, enclave_keys: EnclaveKeys, sender_public: PublicKe
     The payload is checked against `limits` (`PayloadLimits`, default: the config's) before it
     is decoded. Replay (sequence) checks stay with the caller's ledger: see `container.check_sequence`."""
     from aml.enclave.payload import PayloadLimits, read_batch_payload
+    from aml.errors import SignatureError
     from aml.schema import TRANSACTION_SCHEMA
 
+    claimed = container.read_header(path_or_bytes)
+    if claimed.sender_key_id != sender_public.key_id:
+        raise SignatureError("the header's sender_key_id is not the member's attested key id",
+                             batch_id=claimed.batch_id)
     header, payload = container.open_bytes(path_or_bytes, enclave_keys, sender_public, container.ENCLAVE, now=now)
     if header.kind != "batch":
         raise FormatError(f"expected a batch file, got kind '{header.kind}'", batch_id=header.batch_id)

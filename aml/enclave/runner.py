@@ -171,6 +171,11 @@ def enclave_keys(enclave_dir: str | Path):
     """The enclave's private keys, loaded once per worker from ENCLAVE_DIR/keys."""
     require_enclave_worker()
     cache_key = str(Path(enclave_dir).resolve())
+    from aml.enclave.entrypoint import fixed_layout
+
+    fixed = fixed_layout()
+    if fixed is not None and cache_key != str(fixed["enclave"].resolve()):
+        raise EnclaveBoundaryError("in the enclave image the enclave directory is fixed; refusing another one")
     if cache_key not in _WORKER["keys"]:
         from aml.enclave.identity import load_enclave_keys
 
