@@ -77,10 +77,11 @@ def test_a_run_seals_every_members_alert_file_to_one_size(enclave, monkeypatch):
     for bank, rows in (("B01", _fans("B01", 6)), ("B02", _fans("B02", 1)), ("B03", quiet)):
         path = work / f"{bank}.arrow"
         tasks.write_work_table(_batch(rows), path)
-        batches.append({"bank": bank, "batch_id": f"{bank.lower()}batch", "path": str(path)})
+        batches.append({"bank": bank, "batch_id": f"{bank.lower()}batch", "path": str(path), "sequence": 1,
+                        "sha256": f"{len(batches):064x}", "rows": len(rows)})
 
-    out = tasks.detect_and_seal.fn(str(enclave / "enclave"), str(work), "run-sizes", 1, batches, None, None,
-                                   30.0, {"run_id": "run-sizes"})
+    out = tasks.detect_and_seal.fn(str(enclave / "enclave"), str(work), "run-sizes", batches, [],
+                                   30.0, "default", {"run_id": "run-sizes"})
 
     files = {bank: open(out["alerts"][bank]["path"], "rb").read() for bank in BANKS}
     opened = {bank: _open(data, bank, enclave / "enclave", enclave / "keys") for bank, data in files.items()}

@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Overwrites whatever the contract's env section says: the flow runs (started by Prefect,
         # with parameters anyone with API access can set) inherit it and use the image's paths.
-        environ[FIXED_ROOT_ENV] = str(DATA_ROOT)
+        # Set in the process environment itself (`environ` is take_settings' copy).
+        os.environ[FIXED_ROOT_ENV] = environ[FIXED_ROOT_ENV] = str(DATA_ROOT)
         published = prepare(DATA_ROOT, HYPERPROTECT_DIR, environ)
         print(f"aml: enclave attestation published at {published}", file=sys.stderr)
         from aml.run import serve
