@@ -33,7 +33,7 @@ def _alerts(batches, members, history=None) -> tuple[pa.Table, dict[str, set]]:
     from aml.detect.pipeline import run_detection
 
     merged = merge_batches(batches, history)
-    result = run_detection(merged.merged, members=members, placeholder_key=KEY)
+    result = run_detection(merged.merged, members=members, alert_key=KEY, placeholder_key=KEY)
     out = {}
     for bank in members:
         # Typology alerts only: the pooled model learns from every bank's rows, so rows a bank
