@@ -24,7 +24,7 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     from aml.synth import write_synthetic
 
     summary = write_synthetic(
-        Path(a.out), banks=a.banks, accounts=a.accounts, days=a.days, seed=a.seed
+        Path(a.out), banks=a.banks, accounts=a.accounts, days=a.days, seed=a.seed, world=a.world
     )
     print(f"wrote {summary['transactions']} transactions and {summary['patterns']} pattern rows to {a.out}")
     return 0
@@ -224,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate a labelled multi-bank data set")
     s.add_argument("--out", required=True, metavar="DIR")
-    s.add_argument("--banks", type=int, default=8)
+    s.add_argument("--world", default="original", choices=("original", "amlworld", "amlsim"),
+                   help="independently designed data world: original (the project's first "
+                        "generator), amlworld (after IBM AMLworld, Altman et al. 2023), amlsim "
+                        "(after the IBM/AMLSim repository); docs/synthetic-data.md")
+    s.add_argument("--banks", type=int, default=None,
+                   help="banks in the data set (default: 8 members + 2 abroad for original, 14 for the others)")
     s.add_argument("--accounts", type=int, default=10_000)
     s.add_argument("--days", type=int, default=60)
     s.add_argument("--seed", type=int, default=0)

@@ -350,7 +350,7 @@ def test_cli_writes_files_and_refuses_bad_options(tmp_path, capsys):
 def test_look_alikes_keep_the_hours_of_laundering_legs():
     """One time-of-day law for laundering legs and the ordinary payments shaped like them, so a
     bank's model cannot tell them apart by the hour (everyday traffic peaks in the afternoon)."""
-    from aml import synth
+    from aml.synth import original as synth
 
     rng = np.random.default_rng(0)
     pop = synth._make_population(rng, 5, 3_000)

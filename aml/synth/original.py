@@ -1,4 +1,4 @@
-"""The multi-bank synthetic data generator (`aml synth`).
+"""The original world (`aml synth --world original`): the project's first multi-bank generator.
 
 Generates labelled transactions between accounts at several member banks (`B01`..`Bnn`) and two
 non-member banks (`X01`, `X02`): ordinary traffic (payroll, card purchases, bills, friends paying
@@ -24,23 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from aml.errors import ConfigError
-from aml.schema import PATTERN_TABLE_SCHEMA, TIMESTAMP_TYPE, TRANSACTION_SCHEMA
+from aml.synth.common import (  # noqa: F401  (re-exported: tests and callers use them)
+    ACH, BITCOIN, CARD, CASH, CHEQUE, CUR, CURRENCIES, DAY, DECIMALS, FORMATS, HOUR, RATE,
+    REINVEST, START, USD_PER_UNIT, WIRE, assemble, check_common_args, round_amounts, write_tables,
+)
 
 # --- public constants (the detection configuration uses the same rates) -------------------
-
-START = np.datetime64("2026-01-01T00:00:00", "s")  # a Thursday; day 0 of every data set
-
-# Value of one unit of each currency in USD, the base currency. Fixed, so amounts can be
-# compared across currencies exactly the way the generator converted them.
-USD_PER_UNIT: dict[str, float] = {
-    "USD": 1.0, "EUR": 1.08, "GBP": 1.27, "CHF": 1.13, "JPY": 0.0067, "CNY": 0.138,
-    "INR": 0.012, "CAD": 0.73, "AUD": 0.66, "MXN": 0.055, "BRL": 0.18, "RUB": 0.011,
-    "SAR": 0.267, "ILS": 0.27, "SGD": 0.75, "HKD": 0.128, "SEK": 0.095, "NOK": 0.093,
-    "DKK": 0.145, "PLN": 0.25, "ZAR": 0.055, "BTC": 60000.0,
-}
 
 # Ordinary transactions per account per day; --accounts 10000 --days 60 gives about 1.02 M.
 # Laundering comes on top: 0.45 % of that, still 4-5 times IBM AMLworld HI's ~0.1 %, so that
@@ -67,21 +57,18 @@ DISGUISED = ("disguised_payroll", "disguised_supplier")
 PATTERNS = TYPOLOGIES + DISGUISED
 
 NON_MEMBER_BANKS = ("X01", "X02")
+DEFAULT_BANKS = 8  # member banks (`--banks`); the two non-members come on top
 
 # --- internal codes -------------------------------------------------------------------------
 
-_CURRENCIES = tuple(USD_PER_UNIT)
-_CUR = {c: i for i, c in enumerate(_CURRENCIES)}
-_RATE = np.array([USD_PER_UNIT[c] for c in _CURRENCIES])
-_DECIMALS = np.array([0 if c == "JPY" else 8 if c == "BTC" else 2 for c in _CURRENCIES])
-
-_FORMATS = ("ACH", "Wire", "Cheque", "Credit Card", "Cash", "Bitcoin", "Reinvestment")
-ACH, WIRE, CHEQUE, CARD, CASH, BITCOIN, REINVEST = range(len(_FORMATS))
+_CURRENCIES = CURRENCIES
+_CUR = CUR
+_RATE = RATE
+_DECIMALS = DECIMALS
+_FORMATS = FORMATS
 
 PERSON, COMPANY, MERCHANT = 0, 1, 2
 
-DAY = 86_400
-HOUR = 3_600
 
 # Home currency of accounts at member banks (the rest of the world is at X01/X02).
 _MEMBER_CURRENCY_MIX = {
@@ -918,20 +905,11 @@ def _laundering(rng, pop: _Population, days: int, budget: int, out: _Edges) -> l
 
 # --- assembling the tables ------------------------------------------------------------------------
 
-def _round_amounts(value: np.ndarray, cur: np.ndarray) -> np.ndarray:
-    scale = 10.0 ** _DECIMALS[cur]
-    return np.maximum(np.round(value * scale), 1.0) / scale
+_round_amounts = round_amounts
 
 
 def _check_args(banks: int, accounts: int, days: int, seed: int) -> None:
-    if not 2 <= banks <= 99:
-        raise ConfigError("synth: --banks must be between 2 and 99 (patterns must cross banks)")
-    if not 200 <= accounts <= 9_999_999:
-        raise ConfigError("synth: --accounts must be between 200 and 9,999,999")
-    if not 7 <= days <= 3660:
-        raise ConfigError("synth: --days must be between 7 and 3660")
-    if seed < 0:
-        raise ConfigError("synth: --seed must be a non-negative integer")
+    check_common_args(banks, accounts, days, seed)
 
 
 def generate(
@@ -944,60 +922,7 @@ def generate(
     edges = _Edges()
     target = _ordinary(rng, pop, days, edges)
     names = _laundering(rng, pop, days, int(LAUNDERING_SHARE * target), edges)
-    e = edges.arrays()
-
-    order = np.argsort(e["t"], kind="stable")
-    e = {k: v[order] for k, v in e.items()}
-    n = len(order)
-
-    src_cur, dst_cur = pop.currency[e["src"]], pop.currency[e["dst"]]
-    fmt = e["fmt"].copy()
-    btc = _CUR["BTC"]
-    fmt[((src_cur == btc) | (dst_cur == btc)) & (fmt != REINVEST)] = BITCOIN
-    amount = _round_amounts(e["usd"] / _RATE[src_cur], src_cur)
-    received = _round_amounts(e["usd"] / _RATE[dst_cur], dst_cur)
-    received = np.where(src_cur == dst_cur, amount, received)
-
-    width = max(8, len(str(n)))
-    txn_ids = pa.array([f"T{i:0{width}d}" for i in range(n)], pa.string())
-    account_ids = pa.array([f"A{i:07d}" for i in range(accounts)], pa.string())
-    bank_ids = pa.array(pop.bank_ids, pa.string())
-    currencies = pa.array(_CURRENCIES, pa.string())
-    formats = pa.array(_FORMATS, pa.string())
-    timestamps = (START.astype("datetime64[us]") + e["t"].astype("timedelta64[s]")).astype("datetime64[us]")
-
-    transactions = pa.Table.from_arrays(
-        [
-            txn_ids,
-            pa.array(timestamps.astype(np.int64), TIMESTAMP_TYPE),
-            bank_ids.take(pop.bank[e["src"]]),
-            account_ids.take(e["src"]),
-            bank_ids.take(pop.bank[e["dst"]]),
-            account_ids.take(e["dst"]),
-            pa.array(amount, pa.float64()),
-            currencies.take(src_cur),
-            pa.array(received, pa.float64()),
-            currencies.take(dst_cur),
-            formats.take(fmt),
-            pa.array((e["instance"] >= 0).astype(np.int8), pa.int8()),
-        ],
-        schema=TRANSACTION_SCHEMA,
-    )
-
-    rows = np.flatnonzero(e["instance"] >= 0)
-    inst = e["instance"][rows]
-    by_pattern = np.lexsort((rows, inst))
-    rows, inst = rows[by_pattern], inst[by_pattern]
-    pattern_ids = pa.array([f"P{i:05d}" for i in range(len(names))], pa.string())
-    patterns = pa.Table.from_arrays(
-        [
-            pattern_ids.take(inst),
-            pa.array(names, pa.string()).take(inst),
-            txn_ids.take(rows),
-        ],
-        schema=PATTERN_TABLE_SCHEMA,
-    )
-    return transactions, patterns
+    return assemble(edges.arrays(), names, pop.bank, pop.bank_ids, pop.currency)
 
 
 def write_synthetic(
@@ -1005,11 +930,4 @@ def write_synthetic(
 ) -> dict:
     """Write out/transactions.parquet and out/patterns.parquet; return their row counts."""
     transactions, patterns = generate(banks=banks, accounts=accounts, days=days, seed=seed)
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(transactions, out / "transactions.parquet", compression="zstd")
-        pq.write_table(patterns, out / "patterns.parquet", compression="zstd")
-    except OSError as exc:
-        raise ConfigError(f"synth: cannot write the output directory ({exc.strerror})") from None
-    return {"transactions": transactions.num_rows, "patterns": patterns.num_rows}
+    return write_tables(out, transactions, patterns)

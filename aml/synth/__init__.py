@@ -1,0 +1,55 @@
+"""`aml synth`: labelled multi-bank data sets from independently designed worlds.
+
+Each world is its own module and cites its own sources (docs/synthetic-data.md):
+- `original`: the project's first generator (aml.synth.original);
+- `amlworld`: built from the description of IBM's AMLworld (Altman et al., NeurIPS 2023);
+- `amlsim`: built from the public IBM/AMLSim repository's parameter files and Java classes.
+All write the same canonical transactions and pattern tables (aml.synth.common.assemble).
+Worlds are instruments, not levers: a world changes only to model its source more faithfully.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aml.errors import ConfigError
+from aml.synth.common import write_tables
+from aml.synth.original import (  # noqa: F401  (the original world's public names)
+    DISGUISED, LAUNDERING_SHARE, NON_MEMBER_BANKS, PATTERNS, START, TXNS_PER_ACCOUNT_DAY,
+    TYPOLOGIES, USD_PER_UNIT, generate as _generate_original,
+)
+
+WORLDS = ("original", "amlworld", "amlsim")
+DEFAULT_WORLD = "original"
+
+
+def _module(world: str):
+    if world == "original":
+        from aml.synth import original as mod
+    elif world == "amlworld":
+        from aml.synth import amlworld as mod
+    elif world == "amlsim":
+        from aml.synth import amlsim as mod
+    else:
+        raise ConfigError(f"synth: unknown world (choose one of: {', '.join(WORLDS)})")
+    return mod
+
+
+def default_banks(world: str = DEFAULT_WORLD) -> int:
+    """Bank count a world uses when --banks is not given."""
+    return _module(world).DEFAULT_BANKS
+
+
+def generate(banks: int | None = None, accounts: int = 10_000, days: int = 60, seed: int = 0,
+             world: str = DEFAULT_WORLD):
+    """Return (transactions in TRANSACTION_SCHEMA, patterns in PATTERN_TABLE_SCHEMA)."""
+    mod = _module(world)
+    return mod.generate(banks=mod.DEFAULT_BANKS if banks is None else banks,
+                        accounts=accounts, days=days, seed=seed)
+
+
+def write_synthetic(out: Path, banks: int | None = None, accounts: int = 10_000, days: int = 60,
+                    seed: int = 0, world: str = DEFAULT_WORLD) -> dict:
+    """Write out/transactions.parquet and out/patterns.parquet; return their row counts."""
+    transactions, patterns = generate(banks=banks, accounts=accounts, days=days, seed=seed, world=world)
+    return write_tables(out, transactions, patterns)
