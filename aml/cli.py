@@ -224,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate a labelled multi-bank data set")
     s.add_argument("--out", required=True, metavar="DIR")
-    s.add_argument("--world", default="original", choices=("original", "amlworld", "amlsim"),
+    s.add_argument("--world", default="original", choices=("original", "amlworld", "amlworld_li", "amlsim"),
                    help="independently designed data world: original (the project's first "
-                        "generator), amlworld (after IBM AMLworld, Altman et al. 2023), amlsim "
+                        "generator), amlworld / amlworld_li (after IBM AMLworld, Altman et al. 2023, HI / LI "
+                        "laundering rates), amlsim "
                         "(after the IBM/AMLSim repository); docs/synthetic-data.md")
     s.add_argument("--banks", type=int, default=None,
                    help="banks in the data set (default: 8 members + 2 abroad for original, 14 for the others)")

@@ -2,7 +2,8 @@
 
 Each world is its own module and cites its own sources (docs/synthetic-data.md):
 - `original`: the project's first generator (aml.synth.original);
-- `amlworld`: built from the description of IBM's AMLworld (Altman et al., NeurIPS 2023);
+- `amlworld` / `amlworld_li`: built from the description of IBM's AMLworld (Altman et al.,
+  NeurIPS 2023), at its HI and LI laundering rates;
 - `amlsim`: built from the public IBM/AMLSim repository's parameter files and Java classes.
 All write the same canonical transactions and pattern tables (aml.synth.common.assemble).
 Worlds are instruments, not levers: a world changes only to model its source more faithfully.
@@ -19,33 +20,35 @@ from aml.synth.original import (  # noqa: F401  (the original world's public nam
     TYPOLOGIES, USD_PER_UNIT, generate as _generate_original,
 )
 
-WORLDS = ("original", "amlworld", "amlsim")
+WORLDS = ("original", "amlworld", "amlworld_li", "amlsim")
 DEFAULT_WORLD = "original"
 
 
 def _module(world: str):
+    """(module, extra generate() arguments) of a world."""
     if world == "original":
         from aml.synth import original as mod
-    elif world == "amlworld":
+    elif world in ("amlworld", "amlworld_li"):
         from aml.synth import amlworld as mod
+        return mod, {"rate": "li" if world == "amlworld_li" else "hi"}
     elif world == "amlsim":
         from aml.synth import amlsim as mod
     else:
         raise ConfigError(f"synth: unknown world (choose one of: {', '.join(WORLDS)})")
-    return mod
+    return mod, {}
 
 
 def default_banks(world: str = DEFAULT_WORLD) -> int:
     """Bank count a world uses when --banks is not given."""
-    return _module(world).DEFAULT_BANKS
+    return _module(world)[0].DEFAULT_BANKS
 
 
 def generate(banks: int | None = None, accounts: int = 10_000, days: int = 60, seed: int = 0,
              world: str = DEFAULT_WORLD):
     """Return (transactions in TRANSACTION_SCHEMA, patterns in PATTERN_TABLE_SCHEMA)."""
-    mod = _module(world)
+    mod, extra = _module(world)
     return mod.generate(banks=mod.DEFAULT_BANKS if banks is None else banks,
-                        accounts=accounts, days=days, seed=seed)
+                        accounts=accounts, days=days, seed=seed, **extra)
 
 
 def write_synthetic(out: Path, banks: int | None = None, accounts: int = 10_000, days: int = 60,

@@ -48,7 +48,9 @@ def round_amounts(value: np.ndarray, cur: np.ndarray) -> np.ndarray:
 def assemble(e: dict[str, np.ndarray], names: list[str], account_bank: np.ndarray,
              bank_ids: list[str], account_currency: np.ndarray) -> tuple[pa.Table, pa.Table]:
     """Canonical (transactions, patterns) tables from edges `e` (keys src, dst, t, usd, fmt,
-    instance; any order), instance names, each account's bank index and home currency."""
+    instance, optionally label; any order), instance names, each account's bank index and home
+    currency. Without a `label` key, a row is laundering exactly when it belongs to an instance;
+    with one, labelled rows outside every instance are laundering listed in no pattern."""
     order = np.argsort(e["t"], kind="stable")
     e = {k: v[order] for k, v in e.items()}
     n = len(order)
@@ -83,7 +85,7 @@ def assemble(e: dict[str, np.ndarray], names: list[str], account_bank: np.ndarra
             pa.array(received, pa.float64()),
             currencies.take(dst_cur),
             formats.take(fmt),
-            pa.array((e["instance"] >= 0).astype(np.int8), pa.int8()),
+            pa.array((e["label"] if "label" in e else e["instance"] >= 0).astype(np.int8), pa.int8()),
         ],
         schema=TRANSACTION_SCHEMA,
     )
