@@ -314,7 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("evaluate", help="score detection against labels, joint vs each bank alone")
-    s.add_argument("data", metavar="DATA", help="directory written by `aml synth` (or a transactions file)")
+    s.add_argument("data", metavar="DATA", nargs="?", default=None,
+                   help="directory written by `aml synth` (or a transactions file); or use --worlds")
+    s.add_argument("--worlds", default=None, metavar="W1,W2,...",
+                   help="evaluate the same detection on several data worlds, worst first: NAME "
+                        "(generated: original, amlworld, amlworld_li, amlsim) or NAME=DIR")
+    s.add_argument("--rows", type=int, default=500_000,
+                   help="with --worlds: about this many rows per generated world (default 500000)")
+    s.add_argument("--days", type=int, default=60, help="with --worlds: days per generated world")
+    s.add_argument("--seed", type=int, default=0, help="with --worlds: generator seed")
     s.add_argument("--config", default=None, help="detection configuration TOML")
     s.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     s.add_argument("--no-silo", action="store_true", help="skip the each-bank-alone runs")

@@ -271,14 +271,81 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ several worlds
+def world_data(spec: str, rows: int, days: int = 60, seed: int = 0) -> tuple[str, pa.Table, pa.Table]:
+    """(name, transactions, patterns) for one `--worlds` entry: NAME (generated in memory with
+    about `rows` rows over `days` days) or NAME=DIR (an `aml synth` output directory)."""
+    name, _, directory = spec.partition("=")
+    name = name.strip()
+    if directory:
+        transactions, patterns = _read_data(Path(directory))
+        return name, transactions, patterns
+    from aml.synth import generate, rows_per_account_day
+
+    accounts = max(200, int(round(rows / (rows_per_account_day(name) * days))))
+    transactions, patterns = generate(accounts=accounts, days=days, seed=seed, world=name)
+    return name, transactions, patterns
+
+
+def evaluate_worlds(specs: list[str], config, rows: int = 500_000, days: int = 60, seed: int = 0,
+                    silo: bool = True, members: list[str] | None = None) -> dict:
+    """The same detection code and configuration on every world, each scored as `evaluate`
+    scores one data set (the pooled model trains on each world's own labelled history, as a
+    consortium's would; no threshold or setting is chosen per world). Worst world first."""
+    reports = {}
+    for spec in specs:
+        name, transactions, patterns = world_data(spec, rows, days, seed)
+        reports[name] = evaluate(transactions, patterns, config, silo=silo, members=members)
+        reports[name]["rows"] = transactions.num_rows
+    order = sorted(reports, key=lambda n: reports[n]["joint"]["f1"])
+    return {"worlds": {n: reports[n] for n in order}, "worst": order[0] if order else None}
+
+
+def format_worlds(result: dict) -> str:
+    """A summary table (worst world first), then each world's full report."""
+    lines = [f"{'world':<14}{'rows':>10}{'laund.':>8}{'joint P':>9}{'joint R':>9}{'joint F1':>10}"
+             f"{'silo F1':>9}{'joint/silo':>11}"]
+    for name, r in result["worlds"].items():
+        j = r["joint"]
+        silo_f1 = r["silo"]["f1"] if "silo" in r else float("nan")
+        ratio = r.get("joint_over_silo_f1")
+        lines.append(f"{name:<14}{r['rows']:>10}{r['split']['scored_laundering']:>8}{j['precision']:>9.3f}"
+                     f"{j['recall']:>9.3f}{j['f1']:>10.3f}{silo_f1:>9.3f}"
+                     f"{(f'{ratio:.2f}' if ratio is not None else '-'):>11}")
+    names = sorted({t for r in result["worlds"].values() for t in r["joint"]["per_typology"]})
+    lines.append("")
+    lines.append("joint recall per typology (instance recall in brackets; - = not in that world)")
+    lines.append(f"  {'pattern':<20}" + "".join(f"{n:>18}" for n in result["worlds"]))
+    for t in names:
+        cells = []
+        for r in result["worlds"].values():
+            x = r["joint"]["per_typology"].get(t)
+            cells.append(f"{x['recall']:.2f} ({x['instance_recall']:.2f}) n={x['transactions']}" if x else "-")
+        lines.append(f"  {t:<20}" + "".join(f"{c:>18}" for c in cells))
+    for name, r in result["worlds"].items():
+        lines.append("")
+        lines.append(f"=== world {name}")
+        lines.append(format_report(r))
+    return "\n".join(lines)
+
+
 def evaluate_command(args) -> int:
     from aml.detect.config import DetectionConfig
 
-    transactions, patterns = _read_data(Path(args.data))
     config = DetectionConfig.load(args.config)
     members = _read_members(getattr(args, "members_file", None))
-    report = evaluate(transactions, patterns, config, silo=not args.no_silo, members=members)
-    print(format_report(report))
+    worlds = getattr(args, "worlds", None)
+    if worlds:
+        specs = [w for w in worlds.split(",") if w.strip()]
+        report = evaluate_worlds(specs, config, rows=args.rows, days=args.days, seed=args.seed,
+                                 silo=not args.no_silo, members=members)
+        print(format_worlds(report))
+    else:
+        if not args.data:
+            raise BadInputError("evaluate: give a DATA directory or --worlds")
+        transactions, patterns = _read_data(Path(args.data))
+        report = evaluate(transactions, patterns, config, silo=not args.no_silo, members=members)
+        print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)

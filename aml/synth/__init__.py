@@ -43,6 +43,11 @@ def default_banks(world: str = DEFAULT_WORLD) -> int:
     return _module(world)[0].DEFAULT_BANKS
 
 
+def rows_per_account_day(world: str = DEFAULT_WORLD) -> float:
+    """About how many rows an account makes per day in a world (to size a data set)."""
+    return _module(world)[0].TXNS_PER_ACCOUNT_DAY
+
+
 def generate(banks: int | None = None, accounts: int = 10_000, days: int = 60, seed: int = 0,
              world: str = DEFAULT_WORLD):
     """Return (transactions in TRANSACTION_SCHEMA, patterns in PATTERN_TABLE_SCHEMA)."""
