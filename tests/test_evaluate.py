@@ -112,3 +112,17 @@ def test_members_file_limits_the_consortium(synth_dir, tmp_path):
                                     members_file=str(members)))
     assert rc == 0
     assert json.loads(out.read_text())["members"] == ["B01", "B02"]
+
+
+def test_evaluate_worlds_on_tiny_data(capsys):
+    """`aml evaluate --worlds`: the same detection on each world, worst world first."""
+    args = Namespace(data=None, worlds="original,amlsim", rows=6_000, days=14, seed=1,
+                     config=None, json=None, no_silo=True, members_file=None)
+    assert evaluate_command(args) == 0
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[0].splitlines()
+    assert table[0].split()[:2] == ["world", "rows"]
+    f1 = [float(line.split()[5]) for line in table[1:]]
+    assert {line.split()[0] for line in table[1:]} == {"original", "amlsim"}
+    assert f1 == sorted(f1)  # worst first
+    assert "=== world original" in out and "=== world amlsim" in out
