@@ -13,7 +13,7 @@ $(BIN)/aml: pyproject.toml constraints.txt
 
 $(VENV)/.test-installed: $(BIN)/aml
 	$(PIP) -e '.[test]'
-	@# headless Chromium renders `aml report` in tests/test_report.py (Debian package; root only)
+	@# headless Chromium renders `aml report` in tests/test_analyst.py (Debian package; root only)
 	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -q && apt-get install -y -q chromium; fi
 	touch $@
