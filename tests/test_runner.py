@@ -189,3 +189,27 @@ if __name__ == "__main__":
     except EnclaveTaskError as exc:
         result["flow_failed"] = str(exc)
     print(json.dumps(result))
+
+
+def test_an_enclave_task_leaves_the_temp_dir_as_it_found_it(tmp_path, monkeypatch):
+    """While a task runs, temporary files go to the run's work area; afterwards TMPDIR is what
+    it was (the work area is removed after the run, and nothing may keep writing there)."""
+    import os
+    import tempfile
+
+    from aml.enclave import runner
+    from aml.enclave.runner import enclave_task
+
+    monkeypatch.setitem(runner._WORKER, "inside", True)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    work = tmp_path / "work"
+    seen = {}
+
+    @enclave_task
+    def uses_temp(work_dir: str) -> None:
+        seen["during"] = tempfile.gettempdir()
+
+    uses_temp.fn(work_dir=str(work))
+    assert seen["during"] == str(work / "tmp")
+    assert os.environ["TMPDIR"] == str(tmp_path)
+    assert tempfile.gettempdir() == str(tmp_path)

@@ -205,12 +205,24 @@ def take_over(work_dir: str | Path, name: str) -> Any | None:
     return _WORKER["handoff"].pop((str(Path(work_dir)), name), None)
 
 
-def _enter_work_area(work_dir: str | Path) -> None:
-    """Point this worker's temporary files into the run's work area."""
+def _enter_work_area(work_dir: str | Path) -> str | None:
+    """Point this worker's temporary files into the run's work area; returns the TMPDIR before."""
     tmp = Path(work_dir) / "tmp"
     tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+    before = os.environ.get("TMPDIR")
     tempfile.tempdir = str(tmp)
     os.environ["TMPDIR"] = str(tmp)
+    return before
+
+
+def _leave_work_area(before: str | None) -> None:
+    """Undo `_enter_work_area`: the work area is removed after the run, and a later task or
+    library must not be pointed at a directory that no longer exists."""
+    tempfile.tempdir = None
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
 
 
 # --- the decorator --------------------------------------------------------------------------
@@ -232,8 +244,8 @@ def enclave_task(fn: Callable | None = None, *, name: str | None = None):
         require_enclave_worker()
         bound = signature.bind_partial(*args, **kwargs).arguments
         batch_id = bound.get("batch_id")
-        if "work_dir" in bound:
-            _enter_work_area(bound["work_dir"])
+        in_work_area = "work_dir" in bound
+        tmp_before = _enter_work_area(bound["work_dir"]) if in_work_area else None
         failure: tuple[str, str | None] | None = None
         try:
             return fn(*args, **kwargs)
@@ -242,7 +254,10 @@ def enclave_task(fn: Callable | None = None, *, name: str | None = None):
         except Exception as exc:  # the type name is safe; the message may hold data
             failure = (f"unexpected_{type(exc).__name__}", batch_id)
         finally:
-            tempfile.tempdir = None
+            if in_work_area:
+                _leave_work_area(tmp_before)
+            else:
+                tempfile.tempdir = None
         # Raised outside the `except` block so the original is not even chained as context.
         raise EnclaveTaskError(task_name, failure[0], failure[1] if isinstance(failure[1], str) else None)
 
