@@ -15,13 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-from aml.errors import AmlError
+from aml.core.errors import AmlError
 
 PROG = "aml"
 
 
 def _cmd_synth(a: argparse.Namespace) -> int:
-    from aml.synth import write_synthetic
+    from aml.tools.synth import write_synthetic
 
     summary = write_synthetic(
         Path(a.out), banks=a.banks, accounts=a.accounts, days=a.days, seed=a.seed, world=a.world
@@ -31,7 +31,7 @@ def _cmd_synth(a: argparse.Namespace) -> int:
 
 
 def _cmd_split(a: argparse.Namespace) -> int:
-    from aml.split import split_file
+    from aml.tools.split import split_file
 
     counts = split_file(
         Path(a.file), Path(a.out), members=a.members,
@@ -64,7 +64,7 @@ def _cmd_enclave_init(a: argparse.Namespace) -> int:
 
 
 def _cmd_enclave_measure(a: argparse.Namespace) -> int:
-    from aml.enclave.measure import measure_tree, measurement_inputs
+    from aml.core.measure import measure_tree, measurement_inputs
 
     if a.inputs:  # for auditors: what the value covers, one "sha256  path" line each
         for path, digest in measurement_inputs(Path(a.dir)):
@@ -74,7 +74,7 @@ def _cmd_enclave_measure(a: argparse.Namespace) -> int:
 
 
 def _cmd_enclave_contract(a: argparse.Namespace) -> int:
-    from aml.enclave.contract import contract_command
+    from aml.tools.contract import contract_command
 
     return contract_command(a)
 
@@ -104,7 +104,7 @@ def _cmd_open(a: argparse.Namespace) -> int:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from aml.run import run_consortium
+    from aml.operator.run import run_consortium
 
     summary = run_consortium(Path(a.enclave), Path(a.inbox), Path(a.outbox))
     print(summary)
@@ -112,19 +112,19 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
-    from aml.run import serve
+    from aml.operator.run import serve
 
     return serve(Path(a.enclave), Path(a.inbox), Path(a.outbox), cron=a.cron, name=a.name)
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from aml.demo import run_demo
+    from aml.tools.demo import run_demo
 
     return run_demo(Path(a.workdir) if a.workdir else None)
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from aml.evaluate import evaluate_command
+    from aml.tools.evaluate import evaluate_command
 
     return evaluate_command(a)
 

@@ -32,8 +32,8 @@ def _close(a: float, b: float) -> bool:
 def _open_all(con: Consortium, outbox: Path, run_id: str) -> dict[str, list[dict]]:
     """Each bank's alerts of one run, decrypted as `aml open` does (library calls, so the
     check does not depend on the CLI's flags)."""
-    from aml.crypto.container import open_bytes, parquet_to_table
-    from aml.schema import ALERT_SCHEMA
+    from aml.core.crypto.container import open_bytes, parquet_to_table
+    from aml.core.schema import ALERT_SCHEMA
 
     enclave = con.enclave_public()
     out = {}
@@ -93,7 +93,7 @@ def foreign_details(alert: dict, own: dict[str, dict], foreign_ids: set[str], fo
 def alert_classes(con: Consortium, night: dict[str, pa.Table], outbox: Path, attack_run_id: str | None,
                   run_ids: list[str], figures: dict | None = None) -> list[ClassResult]:
     """The two classes; `figures["alert_file_bytes"]` gets each run's distinct file sizes."""
-    from aml.detect.config import DetectionConfig
+    from aml.enclave.detect.config import DetectionConfig
 
     config = DetectionConfig.load()
     leaks = ClassResult("alert_foreign_details", "flow")

@@ -2,7 +2,7 @@
 
 Each generator takes a genuine sealed file (bytes) and returns `Case`s: a mutated file plus the
 error codes a correct verifier may answer with. Offsets come from the format v1 layout
-(docs/format.md), computed here independently of `aml.crypto.container`, so the suite also
+(docs/format.md), computed here independently of `aml.core.crypto.container`, so the suite also
 checks the implementation against the spec.
 
 Two attackers are modelled:
@@ -21,7 +21,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
-from aml.crypto.container import SIGNATURE_LABEL
+from aml.core.crypto.container import SIGNATURE_LABEL
 
 MAGIC_LEN = 7  # b"AMLSEAL"
 FIXED_LEN = MAGIC_LEN + 1 + 4  # magic, version byte, u32 header_len

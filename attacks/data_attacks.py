@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aml.enclave.merge import merge_batches
-from aml.schema import TRANSACTION_SCHEMA, validate
+from aml.core.schema import TRANSACTION_SCHEMA, validate
 
 from attacks.harness import ClassResult, Consortium, check_file
 from attacks.payloads import bomb_payloads
@@ -30,7 +30,7 @@ KEY = 32 * b"k"  # fixed placeholder key: alerts of two runs compare byte for by
 
 
 def _alerts(batches, members, history=None) -> tuple[pa.Table, dict[str, set]]:
-    from aml.detect.pipeline import run_detection
+    from aml.enclave.detect.pipeline import run_detection
 
     merged = merge_batches(batches, history)
     result = run_detection(merged.merged, members=members, alert_key=KEY, placeholder_key=KEY)

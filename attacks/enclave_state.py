@@ -26,8 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from aml.crypto.container import read_header
-from aml.crypto.keys import PublicKeys, load_public
+from aml.core.crypto.container import read_header
+from aml.core.crypto.keys import PublicKeys, load_public
 
 from attacks.harness import ClassResult
 

@@ -28,9 +28,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from aml.crypto.container import read_header, table_to_parquet
-from aml.crypto.keys import BankKeyPair
-from aml.schema import TRANSACTION_SCHEMA
+from aml.core.crypto.container import read_header, table_to_parquet
+from aml.core.crypto.keys import BankKeyPair
+from aml.core.schema import TRANSACTION_SCHEMA
 
 from attacks import cases as C
 from attacks.harness import ClassResult, Consortium, Nights, cli
@@ -324,7 +324,7 @@ def flow_classes(con: Consortium, nights: Nights, first: dict[str, Path], stale:
     """Returns (class results, batches lost, canary leaks, figures)."""
     try:
         import flows.consortium  # noqa: F401
-        import aml.run  # noqa: F401
+        import aml.operator.run  # noqa: F401
     except ImportError as exc:
         return [ClassResult("flow", "flow", not_run=f"flow unavailable ({exc.name} missing)")], 0, [], {}
 

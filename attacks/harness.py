@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aml.crypto.container import ENCLAVE, Header, read_header, seal_bytes, verify_sender
-from aml.crypto.keys import BankKeyPair, PublicKeys, load_keypair
-from aml.errors import AmlError, MembershipError
-from aml.schema import SCHEMA_VERSION, validate
+from aml.core.crypto.container import ENCLAVE, Header, read_header, seal_bytes, verify_sender
+from aml.core.crypto.keys import BankKeyPair, PublicKeys, load_keypair
+from aml.core.errors import AmlError, MembershipError
+from aml.core.schema import SCHEMA_VERSION, validate
 
 _CLI_ERROR = re.compile(r"^aml: [a-z ]+?: ([a-z_]+): ", re.M)
 
@@ -111,7 +111,7 @@ class Consortium:
         return {b: self.pair(b).public for b in self.banks}
 
     def enclave_public(self):
-        from aml.crypto.attestation import verify_attestation
+        from aml.core.crypto.attestation import verify_attestation
 
         att = verify_attestation(self.attestation, self.policy)
         return PublicKeys.from_raw(att.x25519_public, att.ed25519_public, ENCLAVE)
@@ -190,8 +190,8 @@ def make_nights(banks: int, accounts: int, days: int, n_nights: int, seed: int, 
     """Synthetic data split per member and per night. Night 0 holds the labelled history plus
     one unlabelled day; each later night one unlabelled day. Canary rows (ids that must never
     appear outside the enclave or a bank) are planted in every bank's first batch."""
-    from aml.split import choose_members, split_table
-    from aml.synth import generate
+    from aml.tools.split import choose_members, split_table
+    from aml.tools.synth import generate
 
     table, _ = generate(banks=banks, accounts=accounts, days=days, seed=seed)
     members = choose_members(table, banks)

@@ -10,10 +10,10 @@ import shutil
 import time
 from pathlib import Path
 
-from aml.crypto.container import check_sequence, read_header, table_to_parquet
-from aml.crypto.keys import BankKeyPair
-from aml.errors import AmlError
-from aml.schema import TRANSACTION_SCHEMA
+from aml.core.crypto.container import check_sequence, read_header, table_to_parquet
+from aml.core.crypto.keys import BankKeyPair
+from aml.core.errors import AmlError
+from aml.core.schema import TRANSACTION_SCHEMA
 
 from attacks import cases as C
 from attacks.harness import ClassResult, Consortium, Outcome, check_file, cli, cli_error_code
@@ -179,7 +179,7 @@ def bank_classes(con: Consortium, batch_file: Path, stale_dir: Path, work: Path)
     from aml.enclave.identity import seal_alerts
     import pyarrow as pa
 
-    from aml.schema import ALERT_SCHEMA
+    from aml.core.schema import ALERT_SCHEMA
 
     alerts = pa.Table.from_pylist([], schema=ALERT_SCHEMA)
     keys = con.enclave_keys()
@@ -245,7 +245,7 @@ def _alert_replay_class(con: Consortium, work: Path, bank: str) -> ClassResult:
     import pyarrow as pa
 
     from aml.enclave.identity import seal_alerts
-    from aml.schema import ALERT_SCHEMA
+    from aml.core.schema import ALERT_SCHEMA
 
     res = ClassResult("alert_replay", "bank")
     keys, public = con.enclave_keys(), con.pair(bank).public
@@ -294,7 +294,7 @@ def _hyperprotect_signer_class(con: Consortium, work: Path, seal_args, expect) -
     from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    from aml.crypto.hyperprotect import build_document
+    from aml.core.crypto.hyperprotect import build_document
 
     now = dt.datetime.now(dt.timezone.utc)
     flags = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment", "key_agreement",

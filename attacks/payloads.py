@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from aml.schema import TIMESTAMP_TYPE, TRANSACTION_SCHEMA
+from aml.core.schema import TIMESTAMP_TYPE, TRANSACTION_SCHEMA
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Our detection vs IBM Snap ML's GraphFeaturePreprocessor (GFP) + gradient boosting.
 
 Both sides get the same `aml synth` transactions (rows touching a member bank) and the same
-time split (`aml.evaluate.time_split`: first 60 % labelled history, last 40 % scored):
+time split (`aml.tools.evaluate.time_split`: first 60 % labelled history, last 40 % scored):
 
-* ours: `aml.evaluate.evaluate(..., silo=False)`, i.e. `run_detection` — typology detectors,
+* ours: `aml.tools.evaluate.evaluate(..., silo=False)`, i.e. `run_detection` — typology detectors,
   our vectorised features, the pooled model, alert cutting — as the enclave flow runs it;
 * Snap ML: GFP with fan, degree, scatter-gather, temporal-cycle and length-constrained
   simple-cycle patterns (1-day windows, scatter-gather 6 h, cycles up to length 10, vertex
@@ -34,9 +34,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aml.detect.config import DetectionConfig
-from aml.detect.model import PooledModel
-from aml.evaluate import evaluate, score_predictions, time_split
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.model import PooledModel
+from aml.tools.evaluate import evaluate, score_predictions, time_split
 
 BATCH = 2048
 
@@ -62,7 +62,7 @@ def load_data(args) -> tuple[pa.Table, pa.Table]:
     if args.data:
         d = Path(args.data)
         return pq.read_table(d / "transactions.parquet"), pq.read_table(d / "patterns.parquet")
-    from aml.synth import generate, rows_per_account_day
+    from aml.tools.synth import generate, rows_per_account_day
 
     accounts = max(200, int(round(args.transactions / (rows_per_account_day(args.world) * 60))))
     return generate(accounts=accounts, days=60, seed=args.seed, world=args.world)

@@ -123,7 +123,7 @@ def create_prefect_db(prefect_home: Path) -> float:
     """Start and stop `aml run`'s temporary server once: creates and migrates the database, a
     once-per-installation cost that is not part of a nightly run."""
     start = time.perf_counter()
-    code = "from aml.run import prefect_api\nwith prefect_api() as ready:\n    ready()\n"
+    code = "from aml.operator.run import prefect_api\nwith prefect_api() as ready:\n    ready()\n"
     r = subprocess.run([sys.executable, "-c", code], env=_prefect_env(prefect_home), cwd=ROOT,
                        capture_output=True, text=True)
     if r.returncode != 0:
@@ -157,7 +157,7 @@ def snapml_rate(edges, threads: int) -> dict:
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available here"
         return {"unavailable": f"{type(exc).__name__}"}
 
-    from aml.detect.config import DetectionConfig
+    from aml.enclave.detect.config import DetectionConfig
     from bench_detection_vs_snapml import BATCH, gfp_params, raw_edge_array
 
     raw = raw_edge_array(edges.sort_by("timestamp"), DetectionConfig.load())
@@ -206,9 +206,9 @@ def bench_size(size: int, work: Path, threads: int, seed: int, gfp: bool, prefec
     import aml.bank.open  # noqa: F401  (imported before the bank processes fork: they inherit it)
     import aml.bank.seal  # noqa: F401
     from aml.bank.keygen import keygen
-    from aml.demo import pin_policy, unlabel_recent
+    from aml.tools.demo import pin_policy, unlabel_recent
     from aml.enclave.identity import init_enclave
-    from aml.split import choose_members, split_table
+    from aml.tools.split import choose_members, split_table
 
     accounts = max(200, round(size / (TXNS_PER_ACCOUNT_DAY * DAYS)))
     res: dict = {"size": size, "accounts": accounts, "days": DAYS, "banks": BANKS, "seconds": {}}

@@ -8,8 +8,8 @@ Two baselines, so the ratio means something:
                       and durability as seal_file)
   SHA-256, memory     hashlib over the same bytes: the signature's digest pass, which the
                       format requires over the whole ciphertext (a serial hash)
-  seal_bytes          aml.crypto.container.seal_bytes, memory to memory (compare: raw memory)
-  seal / open         aml.crypto.container.seal_file / open_file, streamed file to file
+  seal_bytes          aml.core.crypto.container.seal_bytes, memory to memory (compare: raw memory)
+  seal / open         aml.core.crypto.container.seal_file / open_file, streamed file to file
                       (compare: raw file->file)
 Sealing adds one SHA-256 pass over the ciphertext (the signature's digest), chunk by chunk
 into reused buffers. Overlapping that hash with the encryption in a second thread was tried
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aml.crypto.container import Header, open_file, seal_bytes, seal_file
-from aml.crypto.keys import BankKeyPair
+from aml.core.crypto.container import Header, open_file, seal_bytes, seal_file
+from aml.core.crypto.keys import BankKeyPair
 
 
 def make_source(path: Path, size: int) -> None:

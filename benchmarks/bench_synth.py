@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aml.synth import generate, write_synthetic
+from aml.tools.synth import generate, write_synthetic
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import aml.prefect_env  # noqa: F401  (project settings before prefect is imported)
+import aml.operator.prefect_env  # noqa: F401  (project settings before prefect is imported)
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -42,12 +42,12 @@ from prefect.cache_policies import NO_CACHE
 from aml.enclave.runner import EnclaveTaskRunner
 from aml.enclave.tasks import check_state, detect_and_seal, release_counts, unseal_batch
 from aml.enclave.workarea import remove_stale_work_areas, work_area
-from aml.errors import (
+from aml.core.errors import (
     AmlError, BadInputError, ConfigError, EnclaveTaskError, ExpiredError, FormatError, InternalError, MembershipError,
     PendingRunError, ReplayError, RollbackError, SignatureError,
 )
-from aml.ledger import BatchRecord, Ledger, run_lock, state_dir
-from aml.crypto.digest import sha256_file
+from aml.operator.ledger import BatchRecord, Ledger, run_lock, state_dir
+from aml.core.crypto.digest import sha256_file
 
 QUARANTINE_DIR = "quarantine"
 BATCH_SUFFIX = ".amlb"
@@ -168,7 +168,7 @@ def _enclave_key_id(enclave_dir: Path) -> str | None:
 def _attested_table(enclave_dir: Path) -> dict:
     """The member table of the attestation statement (outside: unverified, advisory; the
     enclave checks it against its sealed state)."""
-    from aml.crypto.keys import PublicKeys
+    from aml.core.crypto.keys import PublicKeys
 
     try:
         table = json.loads((enclave_dir / "attestation.json").read_text())["statement"]["members"]
@@ -180,7 +180,7 @@ def _attested_table(enclave_dir: Path) -> dict:
 
 def _refused_members(enclave_dir: Path, members: dict) -> set[str]:
     """Members whose key file differs from the attested table (the enclave refuses them too)."""
-    from aml.crypto.keys import load_public
+    from aml.core.crypto.keys import load_public
 
     refused = set()
     for bank, pub in members.items():
@@ -198,7 +198,7 @@ def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
     quarantine the failures. Batches of refused members (their key file differs from the
     attested table) stay in the inbox, unprocessed. Returns one record per file (header
     fields, hash, status)."""
-    from aml.crypto.container import check_sequence, read_header, verify_sender
+    from aml.core.crypto.container import check_sequence, read_header, verify_sender
     from aml.enclave.state import read_state_unverified
 
     edir, inbox_dir = Path(enclave_dir), Path(inbox)
@@ -237,7 +237,7 @@ def verify_inbox(enclave_dir: str, inbox: str) -> list[dict]:
                                          batch_id=header.batch_id)
                 verify_sender(path, members[header.sender], expected_recipient="enclave")
                 if enclave_key and header.recipient_key_id != enclave_key:
-                    from aml.errors import WrongRecipientError
+                    from aml.core.errors import WrongRecipientError
 
                     raise WrongRecipientError("sealed to another enclave key than the attested one",
                                               batch_id=header.batch_id)
@@ -468,7 +468,7 @@ def _quarantine_worker_death(edir: Path, inbox: Path, work: Path, accepted: list
     This run still fails (its worker is gone); the next run processes the other batches. With
     more than one batch in flight nobody can tell which one was to blame: none is quarantined."""
     from aml.enclave.tasks import unsealing_marker
-    from aml.errors import ResourceExhaustedError
+    from aml.core.errors import ResourceExhaustedError
 
     dying = [c for c in accepted if unsealing_marker(work, c["batch_id"]).exists()]
     if len(dying) != 1:

@@ -102,7 +102,7 @@ def small_table():
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from aml.demo import unlabel_recent
+    from aml.tools.demo import unlabel_recent
 
     path = ROOT / "sample_data" / "transactions.parquet"
     if not path.is_file():
@@ -123,8 +123,8 @@ def build_consortium(table, workdir: Path, banks: list[str] = E2E_BANKS) -> dict
     """Bank keys, an initialised enclave and one sealed batch per bank, all through the CLI."""
     import pyarrow.parquet as pq
 
-    from aml.demo import pin_policy
-    from aml.split import split_table
+    from aml.tools.demo import pin_policy
+    from aml.tools.split import split_table
 
     p = {n: workdir / n for n in ("keys", "banks", "enclave", "inbox", "outbox", "alerts")}
     for d in p.values():

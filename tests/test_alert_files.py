@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aml.crypto import container
-from aml.crypto.keys import load_keypair, write_keypair
+from aml.core.crypto import container
+from aml.core.crypto.keys import load_keypair, write_keypair
 from aml.enclave import runner, tasks
 from aml.enclave.alert_files import ALERT_FILE_FLOOR, _payload_len_for, seal_run_alerts
 from aml.enclave.identity import init_enclave, load_enclave_keys, load_members, seal_alerts
-from aml.schema import ALERT_SCHEMA, TRANSACTION_SCHEMA
+from aml.core.schema import ALERT_SCHEMA, TRANSACTION_SCHEMA
 
 T0 = datetime(2026, 3, 2, 9, tzinfo=timezone.utc)
 BANKS = ["B01", "B02", "B03"]
@@ -24,7 +24,7 @@ BANKS = ["B01", "B02", "B03"]
 
 @pytest.fixture()
 def enclave(tmp_path, monkeypatch):
-    monkeypatch.setattr("aml.enclave.measure.measure_tree", lambda root: "ab" * 32)
+    monkeypatch.setattr("aml.core.measure.measure_tree", lambda root: "ab" * 32)
     keys = tmp_path / "keys"
     for bank in BANKS:
         write_keypair(bank, keys)

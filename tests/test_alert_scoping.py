@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aml.detect.alerts import alert_id, alert_key, cut_alerts
-from aml.detect.config import DetectionConfig
-from aml.detect.graph import TransactionGraph
-from aml.detect.pipeline import run_detection
-from aml.detect.typologies.base import PatternInstance
-from aml.schema import ALERT_PATTERNS, ALERT_SCHEMA, TRANSACTION_SCHEMA
+from aml.enclave.detect.alerts import alert_id, alert_key, cut_alerts
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.graph import TransactionGraph
+from aml.enclave.detect.pipeline import run_detection
+from aml.enclave.detect.typologies.base import PatternInstance
+from aml.core.schema import ALERT_PATTERNS, ALERT_SCHEMA, TRANSACTION_SCHEMA
 
 CONFIG = DetectionConfig.load()
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -322,7 +322,7 @@ def test_empty_table_gives_empty_alert_tables():
 
 
 def test_model_only_alerts_cover_uncovered_new_payments(monkeypatch):
-    import aml.detect.pipeline as pipeline
+    import aml.enclave.detect.pipeline as pipeline
 
     rows = [dict(txn_id=f"T{k:07d}", timestamp=T0 + dt.timedelta(hours=k), src_bank="B01",
                  src_account=f"A{k:07d}", dst_bank="B02", dst_account=f"A{100 + k:07d}",
@@ -341,7 +341,7 @@ def test_model_only_alerts_cover_uncovered_new_payments(monkeypatch):
 
 
 def test_scoping_end_to_end_on_synthetic_data():
-    from aml.synth import generate
+    from aml.tools.synth import generate
 
     tx, _ = generate(banks=4, accounts=400, days=14, seed=3)
     ts = tx.column("timestamp").cast(pa.int64()).to_numpy()

@@ -32,10 +32,10 @@ def opened(tmp_path_factory):
     import pyarrow.parquet as pq
 
     from aml.bank.open import _write
-    from aml.demo import invent_kyc, unlabel_recent
-    from aml.detect.config import DetectionConfig
-    from aml.detect.pipeline import run_detection
-    from aml.split import split_table
+    from aml.tools.demo import invent_kyc, unlabel_recent
+    from aml.enclave.detect.config import DetectionConfig
+    from aml.enclave.detect.pipeline import run_detection
+    from aml.tools.split import split_table
 
     path = ROOT / "sample_data" / "transactions.parquet"
     if not path.is_file():

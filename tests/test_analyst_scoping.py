@@ -14,14 +14,14 @@ from hypothesis import HealthCheck, given, settings
 
 from test_alert_scoping import BANKS, KEY, _instances, scenarios
 
-from aml.detect.alerts import cut_alerts
+from aml.enclave.detect.alerts import cut_alerts
 
 
 def _outputs(alerts: list[dict], own_rows: dict[str, dict], bank: str, own_accounts: set[str]) -> dict[str, str]:
     from aml.bank.cases import CaseStore, export
     from aml.bank.goaml import export_goaml
     from aml.bank.report import build_report
-    from aml.demo import invent_kyc
+    from aml.tools.demo import invent_kyc
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aml.crypto.container import ENCLAVE, Header, read_header, seal_bytes, verify_sender
-from aml.crypto.keys import BankKeyPair
+from aml.core.crypto.container import ENCLAVE, Header, read_header, seal_bytes, verify_sender
+from aml.core.crypto.keys import BankKeyPair
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `attacks/` is a tool beside the package, not installed with it
@@ -44,8 +44,8 @@ FILE = sealed()
 
 def outcome(data: bytes) -> str:
     """The container checks only (the payload is not Parquet, so decryption is the last step)."""
-    from aml.crypto.container import open_bytes
-    from aml.errors import AmlError
+    from aml.core.crypto.container import open_bytes
+    from aml.core.errors import AmlError
 
     try:
         header = read_header(data)
@@ -129,7 +129,7 @@ def test_any_single_bit_flip_is_rejected_never_accepted(pos, bit):
 def test_malformed_payloads_are_deterministic_and_distinct():
     import pyarrow as pa
 
-    from aml.synth import generate
+    from aml.tools.synth import generate
 
     table, _ = generate(banks=3, accounts=200, days=7, seed=3)
     table = table.filter(pa.compute.equal(table["src_bank"], "B01")).slice(0, 40)

@@ -6,17 +6,17 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aml.crypto import attestation as att
-from aml.crypto.attestation import VERIFIERS, load_policy, membership_hash, verify_attestation
-from aml.crypto.keys import BankKeyPair, write_keypair
+from aml.core.crypto import attestation as att
+from aml.core.crypto.attestation import VERIFIERS, load_policy, membership_hash, verify_attestation
+from aml.core.crypto.keys import BankKeyPair, write_keypair
 from aml.enclave import identity
 from aml.enclave.identity import init_enclave, load_enclave_keys, load_members
-from aml.errors import AttestationError, BadInputError, ConfigError, KeyFileError
+from aml.core.errors import AttestationError, BadInputError, ConfigError, KeyFileError
 
 
 @pytest.fixture()
 def enclave(tmp_path, monkeypatch):
-    monkeypatch.setattr("aml.enclave.measure.measure_tree", lambda root: "ab" * 32)
+    monkeypatch.setattr("aml.core.measure.measure_tree", lambda root: "ab" * 32)
     keys = tmp_path / "keys"
     for bank in ("B01", "B02"):
         write_keypair(bank, keys)
@@ -156,7 +156,7 @@ def test_init_refuses_existing_dir_and_force_rotates(enclave):
 
 
 def test_init_needs_members(tmp_path, monkeypatch):
-    monkeypatch.setattr("aml.enclave.measure.measure_tree", lambda root: "ab" * 32)
+    monkeypatch.setattr("aml.core.measure.measure_tree", lambda root: "ab" * 32)
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInputError, match="no member public keys"):
         init_enclave(tmp_path / "enc", tmp_path / "empty")
@@ -170,7 +170,7 @@ def test_loose_enclave_key_refused(enclave):
 
 
 def test_real_measurement_is_the_project_tree(tmp_path):
-    from aml.enclave.measure import measure_tree
+    from aml.core.measure import measure_tree
 
     write_keypair("B01", tmp_path / "keys")
     info = init_enclave(tmp_path / "enc", tmp_path / "keys")
@@ -178,7 +178,7 @@ def test_real_measurement_is_the_project_tree(tmp_path):
 
 
 def test_hyper_protect_is_registered_and_imported_lazily():
-    assert VERIFIERS["hyper-protect"] == "aml.crypto.hyperprotect:HyperProtectVerifier"
-    code = "import sys, aml.crypto.attestation; print('aml.crypto.hyperprotect' in sys.modules)"
+    assert VERIFIERS["hyper-protect"] == "aml.core.crypto.hyperprotect:HyperProtectVerifier"
+    code = "import sys, aml.core.crypto.attestation; print('aml.core.crypto.hyperprotect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from aml.cli import main
-from aml.crypto.container import read_header
-from aml.crypto.keys import load_public
+from aml.core.crypto.container import read_header
+from aml.core.crypto.keys import load_public
 from aml.enclave.identity import load_enclave_keys, load_members, open_batch, seal_alerts
-from aml.schema import ALERT_SCHEMA, TRANSACTION_SCHEMA
+from aml.core.schema import ALERT_SCHEMA, TRANSACTION_SCHEMA
 
 
 def transactions(n=4) -> pa.Table:
@@ -45,7 +45,7 @@ def alerts(bank="B01", n=2) -> pa.Table:
 
 @pytest.fixture()
 def world(tmp_path, monkeypatch):
-    monkeypatch.setattr("aml.enclave.measure.measure_tree", lambda root: "ab" * 32)
+    monkeypatch.setattr("aml.core.measure.measure_tree", lambda root: "ab" * 32)
     keys = tmp_path / "keys"
     for bank in ("B01", "B02"):
         assert main(["keygen", "--bank", bank, "--out", str(keys)]) == 0
@@ -182,8 +182,8 @@ def test_open_bad_extension(world, capsys):
 def test_alert_files_are_padded(world):
     import struct
 
-    from aml.crypto.container import table_to_parquet
-    from aml.crypto.padding import padme
+    from aml.core.crypto.container import table_to_parquet
+    from aml.core.crypto.padding import padme
 
     for n in (0, 5, 17):
         data = write_alert_file(world, n=n, sequence=n + 1).read_bytes()
@@ -196,7 +196,7 @@ def test_alert_files_are_padded(world):
 
 def test_bank_commands_do_not_import_prefect():
     code = (
-        "import sys, aml.cli, aml.bank.keygen, aml.bank.seal, aml.bank.open, aml.crypto.container; "
+        "import sys, aml.cli, aml.bank.keygen, aml.bank.seal, aml.bank.open, aml.core.crypto.container; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -230,7 +230,7 @@ def test_open_refuses_a_batch_file(world, capsys):
 
 
 def test_alert_header_hides_the_alert_count(world):
-    from aml.crypto.container import read_header
+    from aml.core.crypto.container import read_header
 
     headers = [read_header(write_alert_file(world, n=n, sequence=n + 1)) for n in (0, 3, 12)]
     assert [h.row_count for h in headers] == [0, 0, 0]
@@ -345,7 +345,7 @@ def test_property_open_refuses_exactly_the_files_older_than_the_newest_opened(wo
     from hypothesis import strategies as st
 
     from aml.bank.open import open_alerts
-    from aml.errors import StaleAlertsError
+    from aml.core.errors import StaleAlertsError
 
     files = {s: write_alert_file(world, n=1, sequence=s) for s in range(1, 7)}
     state = world / "keys" / "B01.opened.json"

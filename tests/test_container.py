@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aml.crypto.container import (
+from aml.core.crypto.container import (
     Header, check_sequence, open_bytes, open_file, read_header, seal_bytes, seal_file, verify_sender,
 )
-from aml.crypto.keys import BankKeyPair
-from aml.crypto.padding import padme
-from aml.errors import (
+from aml.core.crypto.keys import BankKeyPair
+from aml.core.crypto.padding import padme
+from aml.core.errors import (
     AmlError, BadInputError, ExpiredError, FormatError, ReplayError, SignatureError, TamperedError,
     TrailingDataError, TruncatedError, VerificationError, WrongRecipientError,
 )
@@ -313,7 +313,7 @@ def test_errors_name_no_payload():
             pytest.fail("tampered file opened")
 
 
-# --- fuzzing: only aml.errors, never a successful open of a changed file ------------------
+# --- fuzzing: only aml.core.errors, never a successful open of a changed file ------------------
 
 VALID = seal(bytes(range(200)))
 

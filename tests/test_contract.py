@@ -24,11 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aml
-from aml.enclave.contract import (
+from aml.tools.contract import (
     build_contract, compose_archive, decrypt_section, encrypt_section, sign_contract,
     signing_public_pem, verify_contract_signature,
 )
-from aml.errors import BadInputError, SignatureError, TamperedError
+from aml.core.errors import BadInputError, SignatureError, TamperedError
 
 TEMPLATE = Path(aml.__file__).resolve().parents[1] / "enclave_image" / "contract.template.yaml"
 OPENSSL = shutil.which("openssl")

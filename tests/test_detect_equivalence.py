@@ -15,11 +15,11 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from aml.detect.config import DetectionConfig
-from aml.detect.features import FEATURE_NAMES, FeatureTable, transaction_features
-from aml.detect.graph import TransactionGraph
-from aml.detect.model import PooledModel
-from aml.detect.typologies.cycle import removal_order_cycles, simple_cycles
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.features import FEATURE_NAMES, FeatureTable, transaction_features
+from aml.enclave.detect.graph import TransactionGraph
+from aml.enclave.detect.model import PooledModel
+from aml.enclave.detect.typologies.cycle import removal_order_cycles, simple_cycles
 
 
 class _Everything:
@@ -80,7 +80,7 @@ def test_removal_order_search_finds_the_same_cycles():
 
 @pytest.fixture(scope="module")
 def graph():
-    from aml.synth import generate
+    from aml.tools.synth import generate
 
     transactions, _ = generate(banks=3, accounts=300, days=20, seed=1)
     return TransactionGraph.from_table(transactions, DetectionConfig.load())

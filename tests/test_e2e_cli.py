@@ -27,8 +27,8 @@ def _seal_payload(p, bank: str, sequence: int, payload: bytes):
     import time
 
     from aml.bank.seal import load_member_key, verified_enclave
-    from aml.crypto.container import ENCLAVE, Header, seal_bytes
-    from aml.crypto.keys import PublicKeys
+    from aml.core.crypto.container import ENCLAVE, Header, seal_bytes
+    from aml.core.crypto.keys import PublicKeys
 
     enclave = verified_enclave(p["enclave"] / "attestation.json", p["banks"] / "policy.json", allow_simulated=True)
     pair = load_member_key(bank, p["keys"] / f"{bank}.key", enclave)
@@ -94,7 +94,7 @@ def test_alert_provenance_is_exactly_what_the_format_doc_names(consortium):
     """Issue 14, finding 11: docs/format.md named provenance fields the code never wrote."""
     import re
 
-    from aml.crypto.container import read_header
+    from aml.core.crypto.container import read_header
     from conftest import ROOT
 
     row = next(line for line in (ROOT / "docs" / "format.md").read_text().splitlines()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import aml
-from aml.enclave.measure import FIXED_INPUTS, SOURCE_GLOBS
+from aml.core.measure import FIXED_INPUTS, SOURCE_GLOBS
 
 ROOT = Path(aml.__file__).resolve().parents[1]
 IMAGE = ROOT / "enclave_image"
@@ -21,6 +21,7 @@ TEST_ONLY = {"pytest", "hypothesis", "pytest-xdist", "execnet", "iniconfig", "sn
 # The analyst's side (pyproject extra `bank`: aml report, aml export goaml) runs at the bank only.
 TEST_ONLY |= {"matplotlib", "contourpy", "cycler", "fonttools", "kiwisolver", "pillow", "pyparsing",
               "xmlschema", "elementpath"}
+TEST_ONLY |= {"import-linter", "grimp"}  # the import contracts, checked in CI
 
 
 def _norm(name: str) -> str:
@@ -138,12 +139,20 @@ def test_entrypoint_is_the_projects_importable_module():
 
 
 def test_everything_copied_into_the_image_is_measured():
-    measured_dirs = {d.split("/")[0] for d, _ in SOURCE_GLOBS}
+    measured_dirs = {d for d, _ in SOURCE_GLOBS}
     for args in (a for w, a in INSTR if w == "COPY"):
         sources = [s for s in args.split() if not s.startswith("--")][:-1]
         for src in sources:
             assert (ROOT / src).exists(), f"COPY source {src} missing"
-            assert src in FIXED_INPUTS or src.split("/")[0] in measured_dirs, f"{src} is not measured"
+            assert src in FIXED_INPUTS or src in measured_dirs, f"{src} is not measured"
+
+
+def test_image_copies_exactly_the_measured_packages():
+    """Not the whole of aml/: bank-side code and tools never reach the image."""
+    copied = {s for a in (a for w, a in INSTR if w == "COPY")
+              for s in [s for s in a.split() if not s.startswith("--")][:-1]}
+    assert {d for d, _ in SOURCE_GLOBS} <= copied
+    assert not {"aml", "aml/bank", "aml/tools", "aml/cli.py"} & copied
 
 
 def test_build_context_excludes_unmeasured_files():

@@ -20,13 +20,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from aml.crypto.container import ENCLAVE, Header, read_header, seal_bytes, table_to_parquet
-from aml.crypto.keys import BankKeyPair, PublicKeys, load_keypair, load_public
-from aml.errors import (
+from aml.core.crypto.container import ENCLAVE, Header, read_header, seal_bytes, table_to_parquet
+from aml.core.crypto.keys import BankKeyPair, PublicKeys, load_keypair, load_public
+from aml.core.errors import (
     ConfigError, PendingRunError, ReplayError, RollbackError, SignatureError, TamperedError,
 )
-from aml.ledger import BatchRecord, Ledger
-from aml.schema import SCHEMA_VERSION, TRANSACTION_SCHEMA
+from aml.operator.ledger import BatchRecord, Ledger
+from aml.core.schema import SCHEMA_VERSION, TRANSACTION_SCHEMA
 from conftest import aml_cli, build_consortium
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -69,7 +69,7 @@ def test_the_enclave_uses_the_attested_member_table_and_refuses_a_hybrid_key_fil
 
 
 def test_a_sender_key_id_that_is_not_the_members_is_refused_inside_and_outside(world, tmp_path):
-    from aml.crypto.attestation import verify_attestation
+    from aml.core.crypto.attestation import verify_attestation
     from flows.consortium import verify_inbox
     from aml.enclave.identity import open_batch
 
@@ -96,7 +96,7 @@ def test_a_sender_key_id_that_is_not_the_members_is_refused_inside_and_outside(w
 def test_in_the_image_the_flow_ignores_path_parameters(monkeypatch, tmp_path):
     from aml.enclave import runner
     from aml.enclave.entrypoint import FIXED_ROOT_ENV
-    from aml.errors import EnclaveBoundaryError
+    from aml.core.errors import EnclaveBoundaryError
     from flows.consortium import _paths
 
     assert _paths("/a", "/b", "/c") == ("/a", "/b", "/c")
@@ -110,13 +110,13 @@ def test_in_the_image_the_flow_ignores_path_parameters(monkeypatch, tmp_path):
 
 
 def test_the_image_entrypoint_fixes_the_paths_whatever_the_contract_env_says(monkeypatch, tmp_path):
-    import aml.run
+    import aml.operator.run
     from aml.enclave import entrypoint
 
     monkeypatch.setenv(entrypoint.FIXED_ROOT_ENV, str(tmp_path / "operator-chosen"))
     monkeypatch.setattr(entrypoint, "prepare", lambda *a: tmp_path / "attestation.json")
     seen = {}
-    monkeypatch.setattr(aml.run, "serve", lambda *a, **k: seen.update(layout=entrypoint.fixed_layout()) or 0)
+    monkeypatch.setattr(aml.operator.run, "serve", lambda *a, **k: seen.update(layout=entrypoint.fixed_layout()) or 0)
     assert entrypoint.main([]) == 0
     assert seen["layout"] == entrypoint.layout(entrypoint.DATA_ROOT)
 

@@ -8,7 +8,7 @@ from argparse import Namespace
 import pandas as pd
 import pytest
 
-from aml.evaluate import evaluate, evaluate_command, format_report, score_predictions
+from aml.tools.evaluate import evaluate, evaluate_command, format_report, score_predictions
 
 
 def test_score_predictions_exact_values():
@@ -59,7 +59,7 @@ def test_no_alerts_gives_zeros():
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
-    from aml.synth import write_synthetic
+    from aml.tools.synth import write_synthetic
 
     out = tmp_path_factory.mktemp("synth")
     write_synthetic(out, banks=3, accounts=300, days=20, seed=2)
@@ -69,7 +69,7 @@ def synth_dir(tmp_path_factory):
 def test_evaluate_small_synth_joint_and_silo(synth_dir):
     import pyarrow.parquet as pq
 
-    from aml.detect.config import DetectionConfig
+    from aml.enclave.detect.config import DetectionConfig
 
     tx = pq.read_table(synth_dir / "transactions.parquet")
     pat = pq.read_table(synth_dir / "patterns.parquet")
@@ -98,7 +98,7 @@ def test_evaluate_command_writes_json(synth_dir, tmp_path, capsys):
 
 
 def test_evaluate_rejects_missing_data(tmp_path):
-    from aml.errors import BadInputError
+    from aml.core.errors import BadInputError
 
     with pytest.raises(BadInputError):
         evaluate_command(Namespace(data=str(tmp_path), config=None, json=None, no_silo=True))

@@ -6,11 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aml.detect.config import DetectionConfig
-from aml.detect.features import FEATURE_NAMES, transaction_features
-from aml.detect.graph import TransactionGraph
-from aml.detect.typologies.base import PatternInstance
-from aml.schema import TRANSACTION_SCHEMA
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.features import FEATURE_NAMES, transaction_features
+from aml.enclave.detect.graph import TransactionGraph
+from aml.enclave.detect.typologies.base import PatternInstance
+from aml.core.schema import TRANSACTION_SCHEMA
 
 T0 = 1_767_225_600  # 2026-01-01 00:00 UTC
 

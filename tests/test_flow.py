@@ -17,9 +17,9 @@ from hypothesis import given, settings, strategies as st
 from aml.enclave.history import empty_history, read_history, trim_to_window, write_history
 from aml.enclave.merge import merge_batches
 from aml.enclave.workarea import remove_stale_work_areas, work_area
-from aml.errors import RunBusyError, TamperedError
-from aml.ledger import BatchRecord, Ledger, run_lock
-from aml.schema import TRANSACTION_SCHEMA
+from aml.core.errors import RunBusyError, TamperedError
+from aml.operator.ledger import BatchRecord, Ledger, run_lock
+from aml.core.schema import TRANSACTION_SCHEMA
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -221,7 +221,7 @@ def enclave(tmp_path):
 def _seal(e, bank="B01", sequence=None, expires_hours=72.0) -> Path:
     from aml.bank.seal import seal
 
-    from aml.demo import pin_policy
+    from aml.tools.demo import pin_policy
 
     return seal(bank=bank, key=e["keys"] / f"{bank}.key", attestation=e["enclave"] / "attestation.json",
                 file=e["batch"], inbox=e["inbox"], policy=pin_policy(e["enclave"], e["tmp"] / "bank"),
@@ -296,10 +296,10 @@ def test_inbox_checks_skip_processed_batches_and_refuse_lower_sequences(enclave)
 
 def test_inbox_checks_refuse_expired_and_non_member_batches(enclave):
     from aml.bank.keygen import keygen
-    from aml.crypto.container import ENCLAVE, Header, seal_bytes, table_to_parquet
-    from aml.crypto.keys import load_keypair
+    from aml.core.crypto.container import ENCLAVE, Header, seal_bytes, table_to_parquet
+    from aml.core.crypto.keys import load_keypair
     from aml.enclave.identity import load_members
-    from aml.schema import SCHEMA_VERSION
+    from aml.core.schema import SCHEMA_VERSION
 
     e = enclave
     expired = _seal(e, "B01", sequence=1, expires_hours=0.0001)

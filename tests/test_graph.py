@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aml.detect.config import DEFAULT_CONFIG_PATH, DetectionConfig
-from aml.detect.graph import TransactionGraph
-from aml.errors import ConfigError
-from aml.schema import CURRENCIES, TRANSACTION_SCHEMA
+from aml.enclave.detect.config import DEFAULT_CONFIG_PATH, DetectionConfig
+from aml.enclave.detect.graph import TransactionGraph
+from aml.core.errors import ConfigError
+from aml.core.schema import CURRENCIES, TRANSACTION_SCHEMA
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 

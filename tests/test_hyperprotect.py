@@ -20,11 +20,11 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aml.crypto.attestation import POLICY_FORMAT, membership_hash, verify_attestation
-from aml.crypto.hyperprotect import (
+from aml.core.crypto.attestation import POLICY_FORMAT, membership_hash, verify_attestation
+from aml.core.crypto.hyperprotect import (
     HyperProtectVerifier, attestation_key_from_b64, build_document, new_attestation_key, parse_checksums,
 )
-from aml.errors import AttestationError
+from aml.core.errors import AttestationError
 
 NOW = dt.datetime.now(dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -315,8 +315,8 @@ def test_simulated_statement_is_refused(world: World):
     doc = build_document(world.statement, world.att_key, world.record, _ibm_sign(world.record),
                          [_pem(SIGNER), _pem(INTER)])
     doc["statement"]["simulated"] = True
-    from aml.crypto.container import canonical_json
-    from aml.crypto.hyperprotect import STATEMENT_LABEL
+    from aml.core.crypto.container import canonical_json
+    from aml.core.crypto.hyperprotect import STATEMENT_LABEL
     doc["evidence"]["statement_signature"] = world.att_key.sign(
         STATEMENT_LABEL + canonical_json(doc["statement"])).hex()
     with pytest.raises(AttestationError, match="simulated: false"):
@@ -343,7 +343,7 @@ def test_parse_checksums_reads_back_what_was_written(entries):
 
 # --- the image's entry point produces what the verifier accepts ---------------------------------
 def _boot_dirs(tmp_path: Path, world: World):
-    from aml.crypto.keys import load_public, write_keypair
+    from aml.core.crypto.keys import load_public, write_keypair
 
     root, hp = tmp_path / "data", tmp_path / "hyperprotect"
     members_dir = root / "inbox" / "members"
@@ -366,7 +366,7 @@ def _boot_dirs(tmp_path: Path, world: World):
 def test_entrypoint_prepare_publishes_a_verifiable_attestation(tmp_path: Path, world: World):
     from aml.enclave.entrypoint import prepare
     from aml.enclave.identity import load_enclave_keys, project_root
-    from aml.enclave.measure import measure_tree
+    from aml.core.measure import measure_tree
 
     root, hp, env = _boot_dirs(tmp_path, world)
     published = prepare(root, hp, env)
@@ -384,7 +384,7 @@ def test_entrypoint_prepare_publishes_a_verifiable_attestation(tmp_path: Path, w
 
 def test_entrypoint_refuses_members_other_than_the_contracts(tmp_path: Path, world: World):
     from aml.enclave.entrypoint import prepare
-    from aml.errors import MembershipError
+    from aml.core.errors import MembershipError
 
     root, hp, env = _boot_dirs(tmp_path, world)
     env["AML_MEMBERS"] = json.dumps({"bank-a": "00" * 8, "bank-b": "11" * 8})

@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from aml.crypto.keys import BankKeyPair, PublicKeys, load_keypair, load_public, write_keypair
-from aml.errors import BadInputError, KeyFileError
+from aml.core.crypto.keys import BankKeyPair, PublicKeys, load_keypair, load_public, write_keypair
+from aml.core.errors import BadInputError, KeyFileError
 
 
 def test_write_and_load_round_trip(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import f1_score
 
-from aml.detect.config import DetectionConfig
-from aml.detect.model import (PooledModel, calibrate, model_hash, model_params,
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.model import (PooledModel, calibrate, model_hash, model_params,
                               score_transactions)
 
 
@@ -100,8 +100,8 @@ def test_model_params_read_from_config_section_with_defaults():
 
 
 def test_score_transactions_on_a_graph():
-    from aml.detect.graph import TransactionGraph
-    from aml.synth import generate
+    from aml.enclave.detect.graph import TransactionGraph
+    from aml.tools.synth import generate
 
     transactions, _ = generate(banks=3, accounts=300, days=20, seed=1)
     config = DetectionConfig.load()

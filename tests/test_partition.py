@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aml.detect.config import DEFAULT_CONFIG_PATH, DetectionConfig
-from aml.detect.graph import TransactionGraph
-from aml.detect.partition import (
+from aml.enclave.detect.config import DEFAULT_CONFIG_PATH, DetectionConfig
+from aml.enclave.detect.graph import TransactionGraph
+from aml.enclave.detect.partition import (
     canonical_order, detect_typologies, detector_reach, overlap_s, time_partitions,
 )
-from aml.detect.pipeline import run_detection
-from aml.detect.typologies import build_detectors
-from aml.detect.typologies.base import merge_overlapping
-from aml.synth import generate
+from aml.enclave.detect.pipeline import run_detection
+from aml.enclave.detect.typologies import build_detectors
+from aml.enclave.detect.typologies.base import merge_overlapping
+from aml.tools.synth import generate
 
 DEFAULT = DetectionConfig.load()
 

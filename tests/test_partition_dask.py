@@ -6,14 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aml.crypto.keys import write_keypair
-from aml.detect.config import DetectionConfig
-from aml.detect.pipeline import run_detection
+from aml.core.crypto.keys import write_keypair
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.pipeline import run_detection
 from aml.enclave import runner
 from aml.enclave.identity import init_enclave
 from aml.enclave.partitioned import DaskPartitionMap, DaskSettings, dask_settings
-from aml.errors import ConfigError, EnclaveBoundaryError
-from aml.synth import generate
+from aml.core.errors import ConfigError, EnclaveBoundaryError
+from aml.tools.synth import generate
 
 
 def test_settings_default_off_and_parsed_from_the_environment():

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aml.crypto.container import ENCLAVE, Header, seal_bytes
-from aml.crypto.keys import BankKeyPair
-from aml.detect.config import DetectionConfig
+from aml.core.crypto.container import ENCLAVE, Header, seal_bytes
+from aml.core.crypto.keys import BankKeyPair
+from aml.enclave.detect.config import DetectionConfig
 from aml.enclave.payload import PayloadLimits, _PageWalk, read_batch_payload
-from aml.errors import ConfigError, FormatError, TooLargeError
-from aml.schema import TRANSACTION_SCHEMA
+from aml.core.errors import ConfigError, FormatError, TooLargeError
+from aml.core.schema import TRANSACTION_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -88,7 +88,7 @@ def test_the_bomb_never_allocates_its_expansion():
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
         from test_payload_limits import dictionary_bomb
         from aml.enclave.payload import read_batch_payload
-        from aml.schema import TRANSACTION_SCHEMA
+        from aml.core.schema import TRANSACTION_SCHEMA
         data = dictionary_bomb()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:

@@ -25,8 +25,8 @@ def _run(p, env, **extra):
 
 def _seal(p, bank: str, sequence: int, payload: bytes, rows: int, batch_id: str):
     """A correctly signed batch sealed to the enclave with the container API (any bank could)."""
-    from aml.crypto.container import ENCLAVE, Header, seal_bytes
-    from aml.crypto.keys import load_keypair
+    from aml.core.crypto.container import ENCLAVE, Header, seal_bytes
+    from aml.core.crypto.keys import load_keypair
     from aml.enclave.identity import load_enclave_keys
 
     enclave = load_enclave_keys(p["enclave"]).public
@@ -41,8 +41,8 @@ def _seal(p, bank: str, sequence: int, payload: bytes, rows: int, batch_id: str)
 
 
 def _genuine(p, bank: str, sequence: int, batch_id: str):
-    from aml.crypto.container import table_to_parquet
-    from aml.schema import TRANSACTION_SCHEMA
+    from aml.core.crypto.container import table_to_parquet
+    from aml.core.schema import TRANSACTION_SCHEMA
     import pyarrow.parquet as pq
 
     table = pq.read_table(p["banks"] / f"{bank}.parquet").slice(0, 50)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aml import run
+from aml.operator import run
 
 
 @pytest.fixture()

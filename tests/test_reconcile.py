@@ -11,10 +11,10 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from aml.detect.config import DetectionConfig
-from aml.detect.graph import TransactionGraph
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.graph import TransactionGraph
 from aml.enclave.merge import merge_batches
-from aml.schema import TRANSACTION_SCHEMA, validate
+from aml.core.schema import TRANSACTION_SCHEMA, validate
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 BANKS = ["B01", "B02", "B03", "B04"]
@@ -174,7 +174,7 @@ def test_property_no_member_can_erase_or_change_an_honest_payment(payments, forg
 
 
 def test_the_run_summary_names_conflicts_per_sending_bank():
-    from aml.run import format_summary
+    from aml.operator.run import format_summary
 
     text = format_summary({"run_id": "run-1", "accepted": 2, "rejected": 0, "skipped": 0, "rows": 3,
                            "rows_quarantined": 0, "alerts": 0, "conflicts_by_bank": {"B02": 1, "B01": 1},

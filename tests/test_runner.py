@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-import aml.prefect_env  # noqa: F401
+import aml.operator.prefect_env  # noqa: F401
 from aml.enclave import runner
 from conftest import canary_hits
 from aml.enclave.runner import (
     EnclaveTaskRunner, enclave_log, enclave_task, is_allowed_log, is_enclave_task,
 )
-from aml.errors import EnclaveBoundaryError, EnclaveTaskError, TamperedError
+from aml.core.errors import EnclaveBoundaryError, EnclaveTaskError, TamperedError
 from prefect import flow, task
 
 CANARY = "CANARY-acct-7f3a9"

@@ -1,4 +1,4 @@
-"""Readers: canonical CSV, Parquet (file and bytes), IBM AMLworld `*_Trans.csv` (aml/schema.py)."""
+"""Readers: canonical CSV, Parquet (file and bytes), IBM AMLworld `*_Trans.csv` (aml/core/schema.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aml.errors import BadInputError, SchemaError
-from aml.schema import (
+from aml.core.errors import BadInputError, SchemaError
+from aml.core.schema import (
     COLUMNS, IBM_CURRENCY_CODES, MALFORMED_COLUMN, TRANSACTION_SCHEMA, read_raw,
     read_transactions, read_validated, validate,
 )

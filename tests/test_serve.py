@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from aml.errors import BadInputError
-from aml.run import build_deployment
+from aml.core.errors import BadInputError
+from aml.operator.run import build_deployment
 
 
 def _enclave(tmp_path: Path) -> Path:

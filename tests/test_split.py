@@ -1,4 +1,4 @@
-"""`aml split` (aml/split.py) through the library and through the CLI."""
+"""`aml split` (aml/tools/split.py) through the library and through the CLI."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from aml.cli import main
-from aml.errors import BadInputError
-from aml.schema import TRANSACTION_SCHEMA, read_transactions
-from aml.split import choose_members, read_members_file, split_file, split_table
+from aml.core.errors import BadInputError
+from aml.core.schema import TRANSACTION_SCHEMA, read_transactions
+from aml.tools.split import choose_members, read_members_file, split_file, split_table
 
 IBM_TINY = Path(__file__).parent / "fixtures" / "HI-Tiny_Trans.csv"
 

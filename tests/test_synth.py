@@ -1,4 +1,4 @@
-"""Tests for the synthetic data generator (aml/synth.py)."""
+"""Tests for the synthetic data generator (aml/tools/synth.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from aml import cli
 
-from aml.errors import ConfigError
-from aml.schema import PATTERN_TABLE_SCHEMA, TRANSACTION_SCHEMA
-from aml.synth import (
+from aml.core.errors import ConfigError
+from aml.core.schema import PATTERN_TABLE_SCHEMA, TRANSACTION_SCHEMA
+from aml.tools.synth import (
     DISGUISED, PATTERNS, TYPOLOGIES, USD_PER_UNIT, generate, write_synthetic,
 )
 
@@ -350,7 +350,7 @@ def test_cli_writes_files_and_refuses_bad_options(tmp_path, capsys):
 def test_look_alikes_keep_the_hours_of_laundering_legs():
     """One time-of-day law for laundering legs and the ordinary payments shaped like them, so a
     bank's model cannot tell them apart by the hour (everyday traffic peaks in the afternoon)."""
-    from aml.synth import original as synth
+    from aml.tools.synth import original as synth
 
     rng = np.random.default_rng(0)
     pop = synth._make_population(rng, 5, 3_000)

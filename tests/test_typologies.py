@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 from sklearn.base import clone
 
-from aml.detect.config import DetectionConfig
-from aml.detect.graph import TransactionGraph
-from aml.detect.typologies import DETECTORS, build_detectors
-from aml.schema import ALERT_PATTERNS, TRANSACTION_SCHEMA
+from aml.enclave.detect.config import DetectionConfig
+from aml.enclave.detect.graph import TransactionGraph
+from aml.enclave.detect.typologies import DETECTORS, build_detectors
+from aml.core.schema import ALERT_PATTERNS, TRANSACTION_SCHEMA
 
 T0 = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
 
@@ -319,8 +319,8 @@ def test_code_defaults_match_the_shipped_toml(config):
 
 
 def test_misspelt_config_key_is_refused(tmp_path):
-    from aml.detect.config import DEFAULT_CONFIG_PATH
-    from aml.errors import ConfigError
+    from aml.enclave.detect.config import DEFAULT_CONFIG_PATH
+    from aml.core.errors import ConfigError
 
     text = DEFAULT_CONFIG_PATH.read_text().replace("min_degree = 5", "min_degre = 5", 1)
     p = tmp_path / "c.toml"

@@ -1,4 +1,4 @@
-"""Row validation and quarantine (aml/schema.py `validate`)."""
+"""Row validation and quarantine (aml/core/schema.py `validate`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aml.errors import SchemaError
-from aml.schema import COLUMNS, REASONS, TRANSACTION_SCHEMA, read_raw, validate
+from aml.core.errors import SchemaError
+from aml.core.schema import COLUMNS, REASONS, TRANSACTION_SCHEMA, read_raw, validate
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from aml.crypto.container import ENCLAVE, open_bytes, parquet_to_table, read_header
-from aml.crypto.keys import BankKeyPair
-from aml.errors import AmlError
-from aml.schema import TRANSACTION_SCHEMA
+from aml.core.crypto.container import ENCLAVE, open_bytes, parquet_to_table, read_header
+from aml.core.crypto.keys import BankKeyPair
+from aml.core.errors import AmlError
+from aml.core.schema import TRANSACTION_SCHEMA
 
 DIR = Path(__file__).resolve().parent / "vectors" / "container"
 MANIFEST = json.loads((DIR / "manifest.json").read_text())

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from aml import cli
-from aml.errors import ConfigError
-from aml.evaluate import member_banks
-from aml.schema import PATTERN_TABLE_SCHEMA, TRANSACTION_SCHEMA
-from aml.synth import WORLDS, generate, write_synthetic
+from aml.core.errors import ConfigError
+from aml.tools.evaluate import member_banks
+from aml.core.schema import PATTERN_TABLE_SCHEMA, TRANSACTION_SCHEMA
+from aml.tools.synth import WORLDS, generate, write_synthetic
 
 EIGHT = {"fan_out", "fan_in", "gather_scatter", "scatter_gather", "cycle", "random_chain",
          "bipartite", "stack"}
@@ -107,7 +107,7 @@ def test_legitimate_look_alikes_of_the_shapes_exist(world):
 
 def test_amlsim_false_alerts_repeat_each_typology_unlabelled():
     """AMLSim's is_sar=False alerts: the typology shapes, labelled 0."""
-    from aml.synth import amlsim
+    from aml.tools.synth import amlsim
 
     rng = np.random.default_rng(0)
     w = amlsim._World(rng, 14, 2_000, 30)

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from aml.errors import BadInputError
+from aml.core.errors import BadInputError
 
 ALERT_COLUMNS = ("alert_id", "bank", "pattern", "score", "accounts", "txn_ids", "start", "end",
                  "amount", "institutions", "hops", "explanation")
@@ -102,7 +102,7 @@ def read_own_transactions(path: Path, bank: str) -> dict[str, dict]:
     account of `bank` are dropped: they cannot be the bank's own."""
     import pyarrow.compute as pc
 
-    from aml.schema import read_raw, validate
+    from aml.core.schema import read_raw, validate
 
     path = Path(path)
     if not path.is_file():

@@ -21,7 +21,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from aml.errors import BadInputError, VerificationError
+from aml.core.errors import BadInputError, VerificationError
 
 DEFAULT_DB = "cases.sqlite"
 STATUSES = ("new", "in_review", "closed")

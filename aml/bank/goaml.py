@@ -19,7 +19,7 @@ import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from aml.errors import BadInputError, ConfigError
+from aml.core.errors import BadInputError, ConfigError
 
 KYC_COLUMNS = ("account", "account_name", "client_number", "branch", "currency_code",
                "personal_account_type", "opened", "status_code", "holder_first_name",
@@ -117,7 +117,7 @@ class _Builder:
         if currency == self.local:
             return amount
         if self._rates is None:  # the enclave's reference rates (docs/detection.md)
-            from aml.detect.config import DetectionConfig
+            from aml.enclave.detect.config import DetectionConfig
 
             self._rates = DetectionConfig.load().rates
         if currency not in self._rates or self.local not in self._rates:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aml.crypto.keys import write_keypair
+from aml.core.crypto.keys import write_keypair
 
 
 def keygen(bank: str, out: Path) -> tuple[Path, Path]:

@@ -15,9 +15,9 @@ from pathlib import Path
 from aml.bank.seal import (
     SEALED_FORMAT, latest_batch_path, load_member_key, read_state, verified_enclave, write_atomically,
 )
-from aml.crypto.container import ENCLAVE, open_bytes, parquet_to_table, read_header
-from aml.crypto.keys import PublicKeys
-from aml.errors import BadInputError, FormatError, StaleAlertsError
+from aml.core.crypto.container import ENCLAVE, open_bytes, parquet_to_table, read_header
+from aml.core.crypto.keys import PublicKeys
+from aml.core.errors import BadInputError, FormatError, StaleAlertsError
 
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 OPENED_FORMAT = "aml-opened/1"
@@ -105,7 +105,7 @@ def open_alerts(bank: str, key: Path, attestation: Path, sealed: list[Path], out
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from aml.schema import ALERT_SCHEMA
+    from aml.core.schema import ALERT_SCHEMA
 
     out = Path(out)
     suffix = out.suffix.lower()

@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from aml.bank.alerts_file import ALERT_COLUMNS, read_alerts, read_own_transactions
-from aml.errors import BadInputError
+from aml.core.errors import BadInputError
 
 PLACEHOLDER = re.compile(r"ext-[0-9a-f]{6,}")
 OWN, FOREIGN, CLOUD = "#1f5fa8", "#9a9a9a", "#d9d9d9"

@@ -13,10 +13,10 @@ import time
 import uuid
 from pathlib import Path
 
-from aml.crypto.attestation import AttestedEnclave, verify_attestation
-from aml.crypto.container import ENCLAVE, Header, seal_file, table_to_parquet
-from aml.crypto.keys import BankKeyPair, PublicKeys, check_bank_id, load_keypair
-from aml.errors import AttestationError, BadInputError, ConfigError, KeyFileError, MembershipError
+from aml.core.crypto.attestation import AttestedEnclave, verify_attestation
+from aml.core.crypto.container import ENCLAVE, Header, seal_file, table_to_parquet
+from aml.core.crypto.keys import BankKeyPair, PublicKeys, check_bank_id, load_keypair
+from aml.core.errors import AttestationError, BadInputError, ConfigError, KeyFileError, MembershipError
 
 SEALED_FORMAT = "aml-sealed/1"
 
@@ -112,7 +112,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 def _read_batch(file: Path, bank: str):
     """The file's good rows (TRANSACTION_SCHEMA); quarantined rows are counted on stderr."""
-    from aml.schema import read_validated
+    from aml.core.schema import read_validated
 
     result = read_validated(Path(file), bank_id=bank)
     if result.counts:
@@ -126,7 +126,7 @@ def _read_batch(file: Path, bank: str):
 def seal(bank: str, key: Path, attestation: Path, file: Path, inbox: Path, *, policy: Path,
          allow_simulated: bool = False, sequence: int | None = None, expires_hours: float = 72.0) -> Path:
     """Seal FILE to the attested enclave as INBOX/<bank>-<sequence:08d>-<batch_id>.amlb."""
-    from aml.schema import SCHEMA_VERSION, TRANSACTION_SCHEMA
+    from aml.core.schema import SCHEMA_VERSION, TRANSACTION_SCHEMA
 
     if not expires_hours > 0:
         raise BadInputError("--expires-hours must be positive")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from aml.crypto import container
+from aml.core.crypto import container
 
 # Every alert file is at least this big (bytes on disk). An empty file is about 3.5 KiB and
 # each alert adds roughly 60-150 bytes compressed, so runs where no bank gets more than a few
@@ -43,7 +43,7 @@ def seal_run_alerts(tables: dict, members: dict, enclave_keys, run_id: str, sequ
     Files are sealed once at their own Padmé size, then those below the run's largest (or the
     floor) are sealed again with the padding that brings them to it."""
     from aml.enclave.identity import seal_alerts
-    from aml.schema import ALERT_SCHEMA
+    from aml.core.schema import ALERT_SCHEMA
 
     created = int(time.time()) if now is None else now  # one header shape for the whole run
 

@@ -6,13 +6,13 @@ Imported only when partitioned detection is switched on (dask and distributed ar
 
 from __future__ import annotations
 
-import aml.prefect_env  # noqa: F401  (project settings before prefect is imported)
+import aml.operator.prefect_env  # noqa: F401  (project settings before prefect is imported)
 from distributed.diagnostics.plugin import WorkerPlugin
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from aml.enclave.runner import in_enclave_worker, initialize_enclave_worker, is_enclave_task
-from aml.errors import EnclaveBoundaryError
+from aml.core.errors import EnclaveBoundaryError
 
 
 class EnclaveWorkerPlugin(WorkerPlugin):

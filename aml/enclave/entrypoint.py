@@ -4,13 +4,13 @@ Paths are fixed inside the image (the contract mounts the encrypted data volume 
 /var/lib/enclave-aml); settings come from the contract's env section:
 
     AML_MEMBERS                  JSON {bank id: key_id}; the member key files must match it
-    AML_ATTESTATION_SIGNING_KEY  base64 Ed25519 key (see aml/crypto/hyperprotect.py); when set,
+    AML_ATTESTATION_SIGNING_KEY  base64 Ed25519 key (see aml/core/crypto/hyperprotect.py); when set,
                                  Hyper Protect evidence is required and a simulated start refused
     AML_CRON                     schedule of the consortium run (default 02:00 daily)
 
 Start-up: first boot creates the enclave keys (`init_enclave`); every boot re-measures the
 image, binds the keys to this boot's IBM attestation record (`build_document`) and publishes
-``OUTBOX/attestation.json`` for the banks; then it serves the consortium flow (`aml.run.serve`).
+``OUTBOX/attestation.json`` for the banks; then it serves the consortium flow (`aml.operator.run.serve`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from aml.errors import AmlError, AttestationError, BadInputError, MembershipError
+from aml.core.errors import AmlError, AttestationError, BadInputError, MembershipError
 
 DATA_ROOT = Path("/var/lib/enclave-aml")
 # Set by `main` (never read from the contract): while set, the consortium flow and the enclave
@@ -52,7 +52,7 @@ def _check_members(members_dir: Path, expected_json: str | None) -> None:
     contract names, by key id."""
     if expected_json is None:
         return
-    from aml.crypto.keys import load_public
+    from aml.core.crypto.keys import load_public
 
     try:
         expected = json.loads(expected_json)
@@ -74,7 +74,7 @@ def prepare(root: Path = DATA_ROOT, hyperprotect_dir: Path = HYPERPROTECT_DIR,
             environ: Mapping[str, str] = os.environ) -> Path:
     """Identity and attestation for this boot; returns the published attestation path."""
     from aml.enclave.identity import init_enclave, project_root
-    from aml.enclave.measure import measure_tree
+    from aml.core.measure import measure_tree
 
     paths = layout(Path(root))
     for key in ("enclave", "inbox", "outbox"):
@@ -90,7 +90,7 @@ def prepare(root: Path = DATA_ROOT, hyperprotect_dir: Path = HYPERPROTECT_DIR,
 
     signing_key = environ.get("AML_ATTESTATION_SIGNING_KEY")
     if signing_key:
-        from aml.crypto.hyperprotect import attestation_key_from_b64, build_document
+        from aml.core.crypto.hyperprotect import attestation_key_from_b64, build_document
 
         try:
             record = (Path(hyperprotect_dir) / "se-checksums.txt").read_text()
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[FIXED_ROOT_ENV] = environ[FIXED_ROOT_ENV] = str(DATA_ROOT)
         published = prepare(DATA_ROOT, HYPERPROTECT_DIR, environ)
         print(f"aml: enclave attestation published at {published}", file=sys.stderr)
-        from aml.run import serve
+        from aml.operator.run import serve
 
         paths = layout(DATA_ROOT)
         return int(serve(paths["enclave"], paths["inbox"], paths["outbox"],

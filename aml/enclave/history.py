@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aml.errors import FormatError, TamperedError
-from aml.schema import TRANSACTION_SCHEMA
+from aml.core.errors import FormatError, TamperedError
+from aml.core.schema import TRANSACTION_SCHEMA
 
 DEFAULT_WINDOW_DAYS = 30
 MAGIC = b"AMLHIST1"

@@ -25,15 +25,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import aml
-from aml.crypto import container
-from aml.crypto.attestation import (
+from aml.core.crypto import container
+from aml.core.crypto.attestation import (
     ATTESTATION_FORMAT, POLICY_FORMAT, SIMULATED_WARNING, membership_hash, sign_simulated_statement,
 )
-from aml.crypto.keys import (
+from aml.core.crypto.keys import (
     PublicKeys, check_bank_id, keypair_from_json, load_public, raw_private, raw_public,
     read_private_json, write_private_json,
 )
-from aml.errors import BadInputError, FormatError, KeyFileError
+from aml.core.errors import BadInputError, FormatError, KeyFileError
 
 ENCLAVE_KEY_FORMAT = "aml-enclave-key/1"
 AUTHORITY_KEY_FORMAT = "aml-authority-key/1"
@@ -106,7 +106,7 @@ def init_enclave(enclave_dir: Path, members_dir: Path, force: bool = False) -> d
 
     Refuses an already initialised directory unless `force` (which rotates every key: banks
     must then re-verify and re-pin)."""
-    from aml.enclave.measure import measure_tree
+    from aml.core.measure import measure_tree
 
     paths = _paths(enclave_dir)
     existing = [p for k, p in paths.items() if k != "members" and p.exists()]
@@ -198,7 +198,7 @@ def seal_alerts(table, bank: str, bank_public: PublicKeys, enclave_keys: Enclave
     The cleartext header's row_count is always 0 for alert files: the operator sees headers,
     and the number of alerts a bank received is exactly what padding is meant to hide.
     `pad_to`: plaintext length to pad to (see aml/enclave/alert_files.py: one size per run)."""
-    from aml.schema import ALERT_SCHEMA, SCHEMA_VERSION
+    from aml.core.schema import ALERT_SCHEMA, SCHEMA_VERSION
 
     created = int(time.time()) if now is None else now
     header = container.Header(
@@ -217,8 +217,8 @@ def open_batch(path_or_bytes, enclave_keys: EnclaveKeys, sender_public: PublicKe
     The payload is checked against `limits` (`PayloadLimits`, default: the config's) before it
     is decoded. Replay (sequence) checks stay with the caller's ledger: see `container.check_sequence`."""
     from aml.enclave.payload import PayloadLimits, read_batch_payload
-    from aml.errors import SignatureError
-    from aml.schema import TRANSACTION_SCHEMA
+    from aml.core.errors import SignatureError
+    from aml.core.schema import TRANSACTION_SCHEMA
 
     claimed = container.read_header(path_or_bytes)
     if claimed.sender_key_id != sender_public.key_id:

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aml.enclave.history import HISTORY_SCHEMA
-from aml.schema import TRANSACTION_SCHEMA
+from aml.core.schema import TRANSACTION_SCHEMA
 
 MERGED_SCHEMA = pa.schema(list(HISTORY_SCHEMA) + [pa.field("is_new", pa.bool_(), nullable=False)])
 _COMPARED = [c for c in TRANSACTION_SCHEMA.names if c not in ("txn_id", "label")]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from aml.enclave.runner import enclave_keys, enclave_task
-from aml.errors import ConfigError, TamperedError
+from aml.core.errors import ConfigError, TamperedError
 
 WORKERS_ENV = "AML_DASK_WORKERS"
 SCHEDULER_ENV = "AML_DASK_SCHEDULER"
@@ -102,7 +102,7 @@ def _unseal(path: Path, key: bytes, aad: bytes):
 def detect_partition(enclave_dir: str, work_dir: str, run_id: str, index: int) -> int:
     """Run the time-local detectors on one sealed partition; seal what it owns next to it.
     Returns the partition number (nothing about the data)."""
-    from aml.detect.partition import run_partition
+    from aml.enclave.detect.partition import run_partition
 
     key = enclave_keys(enclave_dir).storage_key
     d = _part_dir(work_dir)

@@ -15,7 +15,7 @@ Nothing is decoded before the file shows it fits the budget, checked in this ord
    every string value against `max_string_bytes`, before anything is expanded.
 
 The budget is min(`max_bytes`, rows × `max_row_bytes`). Limits come from the `[limits]` table
-of the detection config (aml/detect/default_config.toml); the defaults below apply when it is
+of the detection config (aml/enclave/detect/default_config.toml); the defaults below apply when it is
 absent. Only the schema's columns are read: extra columns are never decoded.
 """
 
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aml.errors import ConfigError, FormatError, TooLargeError
+from aml.core.errors import ConfigError, FormatError, TooLargeError
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class PayloadLimits:
     def from_config(cls, config=None) -> "PayloadLimits":
         """The `[limits]` table of the detection config (default config when None)."""
         if config is None:
-            from aml.detect.config import DetectionConfig
+            from aml.enclave.detect.config import DetectionConfig
 
             config = DetectionConfig.load()
         section = dict(config.section("limits"))

@@ -32,12 +32,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import aml.prefect_env  # noqa: F401  (project settings before prefect is imported)
+import aml.operator.prefect_env  # noqa: F401  (project settings before prefect is imported)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from aml.errors import AmlError, EnclaveBoundaryError, EnclaveTaskError
+from aml.core.errors import AmlError, EnclaveBoundaryError, EnclaveTaskError
 
 ENCLAVE_TASK_MARK = "__aml_enclave_task__"
 

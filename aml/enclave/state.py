@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from aml.crypto.container import canonical_json
-from aml.errors import (
+from aml.core.crypto.container import canonical_json
+from aml.core.errors import (
     ConfigError, FormatError, MembershipError, PendingRunError, ReplayError, RollbackError, TamperedError,
 )
 
@@ -53,7 +53,7 @@ def _subkey(storage_key: bytes, label: bytes) -> bytes:
 
 
 def _state_path(enclave_dir: Path) -> Path:
-    from aml.ledger import state_dir
+    from aml.operator.ledger import state_dir
 
     return state_dir(enclave_dir) / STATE_FILE
 
@@ -137,7 +137,7 @@ def verified_state(enclave_dir: Path, keys) -> dict:
     One case is repaired rather than refused: a crash after the ledger commit and before the
     enclave saw it. Then the ledger holds exactly one run more, the pending attempt, with the
     head the enclave computed for it; the state moves on to it."""
-    from aml.ledger import Ledger
+    from aml.operator.ledger import Ledger
 
     state = load_state(enclave_dir, keys.storage_key, keys.key_id)
     with Ledger(enclave_dir) as ledger:
@@ -177,9 +177,9 @@ def check_window(state: dict, window_days: float) -> None:
 def attested_members(enclave_dir: Path, keys, state: dict):
     """(members, refused): the attested member table as PublicKeys, and the members whose key
     file on disk differs from it (bank -> reason). The enclave never uses a key file's keys."""
-    from aml.crypto.attestation import check_members
-    from aml.crypto.keys import PublicKeys, load_public
-    from aml.errors import AmlError
+    from aml.core.crypto.attestation import check_members
+    from aml.core.crypto.keys import PublicKeys, load_public
+    from aml.core.errors import AmlError
 
     edir = Path(enclave_dir)
     try:

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from aml.enclave.runner import enclave_keys, enclave_log, enclave_task, hand_over, sole_worker, take_over
-from aml.errors import FormatError, MembershipError, ResourceExhaustedError, RollbackError
-from aml.crypto.digest import sha256_file
+from aml.core.errors import FormatError, MembershipError, ResourceExhaustedError, RollbackError
+from aml.core.crypto.digest import sha256_file
 
 from prefect import get_run_logger
 
@@ -134,8 +134,8 @@ def unseal_batch(enclave_dir: str, batch_file: str, bank: str, batch_id: str, wo
 
 def _unseal(enclave_dir: str, batch_file: str, bank: str, batch_id: str, work_dir: str, sha256: str) -> dict:
     from aml.enclave.identity import open_batch
-    from aml.errors import ReplayError
-    from aml.schema import validate
+    from aml.core.errors import ReplayError
+    from aml.core.schema import validate
 
     start = time.perf_counter()
     keys = enclave_keys(enclave_dir)
@@ -179,14 +179,14 @@ def detect_and_seal(enclave_dir: str, work_dir: str, run_id: str, batches: list[
     history.aes (the new history, encrypted) and counts.aes (this run's counts, encrypted until
     the ledger commit, `release_counts`). Returns paths, hashes, the run's sequence number and
     MAC chain head for the ledger, and stage durations: no counts."""
-    from aml.detect.alerts import alert_key
-    from aml.detect.config import DetectionConfig
-    from aml.detect.pipeline import run_detection
+    from aml.enclave.detect.alerts import alert_key
+    from aml.enclave.detect.config import DetectionConfig
+    from aml.enclave.detect.pipeline import run_detection
     from aml.enclave.alert_files import seal_run_alerts
     from aml.enclave.history import history_file_name, read_history, trim_to_window, write_history
     from aml.enclave.merge import merge_batches
     from aml.enclave.state import COUNTS_FILE, begin_attempt, check_window, seal_counts
-    from aml.ledger import state_dir
+    from aml.operator.ledger import state_dir
 
     keys = enclave_keys(enclave_dir)
     state, members, refused = _state_and_members(enclave_dir, keys, full=True)

@@ -2,7 +2,7 @@
 
 Each run gets ENCLAVE_DIR/work/<run_id> (mode 0700). It is removed when the run ends, whether
 it succeeded or failed; a run killed outright (SIGKILL, power loss) leaves it behind, so every
-run first removes whatever earlier runs left. Callers hold the run lock (`aml.ledger.run_lock`),
+run first removes whatever earlier runs left. Callers hold the run lock (`aml.operator.ledger.run_lock`),
 so no other run can be using those directories.
 
 The outside (flow) process only creates and deletes these directories; it never reads files in

@@ -22,9 +22,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from aml.crypto.container import ENCLAVE, Header, open_bytes, seal_bytes, table_to_parquet
-from aml.crypto.keys import BankKeyPair, raw_private
-from aml.errors import AmlError
+from aml.core.crypto.container import ENCLAVE, Header, open_bytes, seal_bytes, table_to_parquet
+from aml.core.crypto.keys import BankKeyPair, raw_private
+from aml.core.errors import AmlError
 from attacks.cases import flip_bit, layout, replace_header, resign
 
 OUT = Path(__file__).resolve().parent / "container"
@@ -66,7 +66,7 @@ def main(force: bool) -> int:
         return 1
     import pyarrow as pa
 
-    from aml.schema import TRANSACTION_SCHEMA
+    from aml.core.schema import TRANSACTION_SCHEMA
 
     payload = bytes(range(256)) * 3 + b"tail"  # 772 bytes: 13 chunks of 64
     rows = pa.Table.from_pylist([
